@@ -1,0 +1,1 @@
+"""Evaluation library (no Ray): metrics, alignment, evaluation-set layouts and reports."""

@@ -1,0 +1,1 @@
+"""Objaverse / Cap3D metadata access and the high-quality filter criteria (no Ray)."""

@@ -1,0 +1,237 @@
+"""The ``imesh`` command line: one entry point, one subcommand per job.
+
+Every subcommand is generated from its job's config dataclass (field docstrings become the
+``--help`` text). ``--config FILE.yaml`` loads a config file first; options given on the command
+line override it. The resolved config is written next to the job's outputs.
+
+Exit codes: 0 success (per-item failures are status rows, not job failures), 1 unexpected
+error, 2 bad usage or bad input (the one-line cause is printed). ``IMESH_DEBUG=1`` prints the
+traceback of unexpected errors.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pipelines import __version__
+
+
+@dataclass
+class StatusConfig:
+    """Summarise a stage's compiled status table: counts and failures by cause."""
+
+    path: str
+    """A ``status.parquet`` URL, or a stage directory that holds one (e.g. ``demo_out/inspect``)."""
+
+
+@dataclass(frozen=True)
+class Command:
+    config: Callable[[], type]
+    run: Callable[[Any], int | None]
+    help: str
+
+
+def _fixtures() -> type:
+    from pipelines.fixtures import FixturesConfig
+
+    return FixturesConfig
+
+
+def _run_fixtures(cfg: Any) -> int:
+    from rich.console import Console
+
+    from pipelines.fixtures import make_fixtures
+
+    record = make_fixtures(cfg)
+    n_kept = sum(o["expected_kept"] for o in record["objaverse"])
+    Console().print(
+        f"fixtures in {cfg.out}: {len(record['objaverse'])} Objaverse-shaped objects "
+        f"({n_kept} built to pass the filter), {len(record['gso'])} GSO-shaped, "
+        f"{len(record['omni3d'])} Omni3D-shaped"
+    )
+    return 0
+
+
+def _ingest() -> type:
+    from pipelines.ingest import IngestConfig
+
+    return IngestConfig
+
+
+def _run_ingest(cfg: Any) -> int:
+    from rich.console import Console
+
+    from pipelines.ingest import run_ingest
+
+    table = run_ingest(cfg)
+    Console().print(f"manifest: {table.num_rows} objects -> {cfg.out}")
+    return 0
+
+
+def _inspect() -> type:
+    from pipelines.inspect_meshes import InspectConfig
+
+    return InspectConfig
+
+
+def _run_inspect(cfg: Any) -> int:
+    from rich.console import Console
+
+    from pipelines.inspect_meshes import run_inspect
+    from pipelines.ray_session import ray_session
+    from pipelines.summary import errors_table, stage_table
+
+    with ray_session(cfg.address):
+        report = run_inspect(cfg)
+    console = Console()
+    console.print(stage_table([report]))
+    if report.errors:
+        console.print(errors_table(report.errors))
+    return 0
+
+
+def _status() -> type:
+    return StatusConfig
+
+
+def _run_status(cfg: StatusConfig) -> int:
+    from pipelines import storage
+    from pipelines.schema import read_parquet
+    from pipelines.summary import print_status
+
+    path = cfg.path
+    if not path.endswith(".parquet"):
+        path = storage.join(path, "status.parquet")
+    print_status(read_parquet(path))
+    return 0
+
+
+def _demo() -> type:
+    from pipelines.demo import DemoConfig
+
+    return DemoConfig
+
+
+def _run_demo(cfg: Any) -> int:
+    from pipelines.demo import run_demo
+
+    run_demo(cfg)
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "demo": Command(_demo, _run_demo, "Run the demo chain on procedural objects (CPU, local Ray)."),
+    "fixtures": Command(
+        _fixtures, _run_fixtures, "Write procedural Objaverse/Cap3D/GSO/Omni3D-shaped datasets."
+    ),
+    "ingest": Command(_ingest, _run_ingest, "Objaverse cache (+ Cap3D captions) -> manifest."),
+    "inspect": Command(
+        _inspect, _run_inspect, "Validate meshes and record statistics on Ray (resumable)."
+    ),
+    "status": Command(_status, _run_status, "Summarise a stage's status table."),
+}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = [
+        f"imesh {__version__}: InstantMesh data-and-evaluation pipeline",
+        "",
+        "usage: imesh <command> [--config FILE.yaml] [options]   (imesh <command> --help)",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name.ljust(width)}  {cmd.help}" for name, cmd in COMMANDS.items()]
+    lines += [
+        "",
+        "Options given on the command line override values from --config. Paths are local",
+        "directories or fsspec URLs (s3://bucket/prefix). RAY_ADDRESS or --address sends Ray",
+        "jobs to a cluster; the default is a local embedded Ray.",
+    ]
+    return "\n".join(lines)
+
+
+def _pop_config(args: list[str]) -> tuple[str | None, list[str]]:
+    rest: list[str] = []
+    path = None
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--config":
+            if i + 1 >= len(args):
+                raise SystemExit("imesh: error: --config needs a file path")
+            path = args[i + 1]
+            i += 2
+            continue
+        if a.startswith("--config="):
+            path = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    return path, rest
+
+
+def parse(name: str, args: Sequence[str]) -> Any:
+    """Parse a subcommand's arguments into its config (``--config`` first, then overrides)."""
+    import tyro
+
+    from pipelines.configs import load_config
+
+    cmd = COMMANDS[name]
+    cls = cmd.config()
+    config_path, rest = _pop_config(list(args))
+    default = load_config(cls, config_path) if config_path else None
+    description = (
+        f"{cmd.help}\n\nAlso: --config FILE.yaml loads options from a YAML file "
+        "(keys = option names); command-line options override it."
+    )
+    return tyro.cli(cls, args=rest, default=default, prog=f"imesh {name}", description=description)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if args[0] == "--version":
+        print(__version__)
+        return 0
+    name = args[0]
+    if name not in COMMANDS:
+        print(
+            f"imesh: error: unknown command {name!r}; choose from {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
+        return 2
+    from pipelines.errors import USER_ERRORS
+
+    try:
+        cfg = parse(name, args[1:])
+        rc = COMMANDS[name].run(cfg)
+    except SystemExit as e:  # tyro's --help / usage errors
+        code = e.code
+        return code if isinstance(code, int) else (0 if code is None else 2)
+    except KeyboardInterrupt:
+        print(f"imesh {name}: interrupted (re-run the same command to resume)", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        print(f"imesh {name}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if os.environ.get("IMESH_DEBUG"):
+            traceback.print_exc()
+        print(
+            f"imesh {name}: error: {type(e).__name__}: {e} (IMESH_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

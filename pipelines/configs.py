@@ -1,0 +1,158 @@
+"""Typed job configs: dataclasses loadable from YAML, overridable on the CLI, hashed, recorded.
+
+Conventions shared by every job config:
+
+- A config is a (possibly nested) dataclass. Field docstrings become ``--help`` text.
+- ``load_config(cls, path)`` reads YAML into the dataclass and refuses unknown keys, naming them.
+- ``config_hash(cfg)`` hashes only fields that change *outputs*. Fields declared with
+  ``field(..., metadata=NO_HASH)`` (worker counts, progress display, cluster address) are left
+  out, so re-running a job with more workers resumes instead of redoing everything.
+- ``write_resolved_config(cfg, url)`` writes the resolved config next to the outputs together
+  with provenance (package version, git commit, Python, command line, time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import platform
+import subprocess
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from pipelines import __version__
+from pipelines.storage import atomic_write_text
+
+T = TypeVar("T")
+
+NO_HASH = {"hash": False}
+"""Field metadata for settings that do not change outputs (excluded from ``config_hash``)."""
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the job's config dataclass."""
+
+
+def to_dict(cfg: Any, *, hashed_only: bool = False) -> dict[str, Any]:
+    """A plain-data (YAML/JSON-able) view of a config dataclass."""
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        raise TypeError(f"expected a dataclass instance, got {type(cfg).__name__}")
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        if hashed_only and f.metadata.get("hash", True) is False:
+            continue
+        out[f.name] = _plain(getattr(cfg, f.name), hashed_only)
+    return out
+
+
+def _plain(value: Any, hashed_only: bool) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_dict(value, hashed_only=hashed_only)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple | list):
+        return [_plain(v, hashed_only) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v, hashed_only) for k, v in value.items()}
+    return value
+
+
+def config_hash(cfg: Any) -> str:
+    """Short stable hash of the output-relevant fields of ``cfg`` (16 hex chars)."""
+    blob = json.dumps(to_dict(cfg, hashed_only=True), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config") -> T:
+    """Build dataclass ``cls`` from plain data, checking keys and converting nested configs."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    assert dataclasses.is_dataclass(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(fields))}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        kwargs[name] = _convert(hints[name], value, f"{where}.{name}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # missing required fields
+        raise ConfigError(f"{where}: {e}") from e
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return from_dict(tp, value, where=where)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value, where) if len(args) == 1 else value
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
+    if tp is Path and isinstance(value, str):
+        return Path(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def load_config(cls: type[T], path: str | Path) -> T:
+    """Load a YAML config file into ``cls`` (a ``_provenance`` block, if present, is ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    if isinstance(data, dict):
+        data.pop("_provenance", None)
+    return from_dict(cls, data, where=str(path))
+
+
+def git_commit() -> str | None:
+    """The git commit of the source tree this package runs from, if it is a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def provenance() -> dict[str, Any]:
+    return {
+        "package": "instantmesh-pipeline",
+        "version": __version__,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "command": " ".join(sys.argv),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def write_resolved_config(cfg: Any, url: str) -> None:
+    """Write ``cfg`` (resolved) plus provenance and its hash as YAML to ``url``."""
+    data = to_dict(cfg)
+    data["_provenance"] = {**provenance(), "config_hash": config_hash(cfg)}
+    atomic_write_text(url, yaml.safe_dump(data, sort_keys=False))

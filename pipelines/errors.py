@@ -1,0 +1,18 @@
+"""Exceptions that mean "bad input or bad usage": the CLI prints them as one line, exit 2."""
+
+from __future__ import annotations
+
+from filtering.cap3d import CaptionsError
+from filtering.objaverse_cache import CacheError
+from pipelines.configs import ConfigError
+from pipelines.schema import ManifestError
+from pipelines.storage import UnsafeUidError
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    ManifestError,
+    CacheError,
+    CaptionsError,
+    UnsafeUidError,
+    FileNotFoundError,
+)

@@ -1,0 +1,59 @@
+"""Start (or join) Ray quietly: embedded local Ray by default, a cluster with an address.
+
+``ray_session(address=None)`` starts a local embedded Ray (``ray.init()`` with no address), sized
+to the machine's CPUs unless told otherwise, with the dashboard off and worker logs not forwarded,
+and shuts it down on exit. With ``address`` (or ``RAY_ADDRESS`` in the environment) it connects
+to an existing cluster instead and leaves that cluster running. If Ray is already initialised in
+this process (tests use one session-wide instance) it is reused and left as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+def quiet_ray_data() -> None:
+    """Silence Ray Data's own progress bars and execution logs (we draw our own progress)."""
+    import ray.data
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.enable_auto_log_stats = False
+    ctx.verbose_stats_logs = False
+
+
+@contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    # Ray's C++ core logs an "actor constructor arguments" notice for every Ray Data actor pool;
+    # keep only fatal backend messages unless the user asked for more.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    import ray
+
+    if ray.is_initialized():
+        quiet_ray_data()
+        yield
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict[str, object] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "logging_level": logging.ERROR,
+        "configure_logging": True,
+    }
+    if address is None:
+        kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+    ray.init(address=address, **kwargs)  # type: ignore[arg-type]
+    try:
+        quiet_ray_data()
+        yield
+    finally:
+        ray.shutdown()

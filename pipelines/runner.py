@@ -1,0 +1,460 @@
+"""The one generic way to map a stage over a manifest with Ray Data.
+
+Layout written under the job's output root ``<out>`` for a stage named ``S``::
+
+    <out>/S/config.yaml              resolved stage config + provenance (version, git commit)
+    <out>/S/parts/part-<run>-<n>.parquet   status (+ result) rows of one shard, written atomically
+    <out>/S/status.parquet           compiled: exactly one row per manifest item (latest attempt)
+    <out>/S/results.parquet          compiled: result columns of the items whose status is ok
+    <out>/<item_output>/<uid>/...    per-item files (stages with file outputs), marker last
+
+The unit of work is a *shard* of manifest rows (``shard_size`` items). A worker processes the
+items of a shard one by one, catching each item's exception as a ``failed`` row, and writes the
+shard's rows as one Parquet part file, atomically, when the shard is finished.
+
+Resume: at start, the existing part files are read; an item whose latest row is ``ok`` with the
+current config hash is done and skipped. Everything else (never started, failed, interrupted,
+config changed) is redone, with ``attempt`` counting previous tries. For file stages a worker
+also skips an item whose published marker already carries the current config hash (the job may
+have been killed after publishing but before the shard's part was written). Killing the driver
+at any point therefore loses nothing and, since the compiled tables keep one row per uid,
+duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as dt
+import pickle
+import re
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines import storage
+from pipelines.configs import config_hash, write_resolved_config
+from pipelines.schema import (
+    STATUS_COLUMNS,
+    STATUS_SCHEMA,
+    read_parquet,
+    validate_manifest,
+    write_parquet,
+)
+from pipelines.stage import ItemContext, SkipItem, Stage
+
+MAX_ERROR_CHARS = 2000
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """How a stage is executed (none of these change outputs, so none enter the config hash)."""
+
+    workers: int = 0
+    """Number of parallel workers (Ray actors). 0 = one per available CPU slot for the stage."""
+    shard_size: int = 8
+    """Items per shard: the unit of scheduling and of status-part writing."""
+    progress: bool = True
+    """Draw a progress bar on stderr."""
+    scratch_dir: str | None = None
+    """Local scratch directory for per-item files before publishing (default: system temp)."""
+
+
+@dataclasses.dataclass
+class StageReport:
+    """What a stage run did. ``counts`` covers every manifest item after this run."""
+
+    stage: str
+    out: str
+    total: int
+    skipped_done: int
+    processed: int
+    counts: dict[str, int]
+    errors: list[tuple[str, int]]
+    seconds: float
+    status_uri: str
+    results_uri: str
+
+    @property
+    def ok(self) -> int:
+        return self.counts.get("ok", 0)
+
+    @property
+    def failed(self) -> int:
+        return self.counts.get("failed", 0)
+
+
+def stage_dir(out: str, stage: Stage | str) -> str:
+    name = stage if isinstance(stage, str) else stage.name
+    return storage.join(out, name)
+
+
+def _result_schema_with_status(stage: Stage) -> pa.Schema:
+    fields = list(STATUS_SCHEMA)
+    fields += [f.with_nullable(True) for f in stage.result_schema if f.name != "uid"]
+    return pa.schema(fields)
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side (runs inside Ray actors; also callable in-process for debugging).
+# ---------------------------------------------------------------------------------------------
+
+
+class ShardWorker:
+    """Processes shards of manifest rows for one stage; one instance per Ray actor."""
+
+    def __init__(
+        self, stage: Stage, config: Any, out: str, run_id: str, scratch_dir: str | None
+    ) -> None:
+        self.stage = stage
+        self.config = config
+        self.out = out
+        self.run_id = run_id
+        self.scratch_root = scratch_dir
+        self.config_hash = config_hash(config)
+        self.schema = _result_schema_with_status(stage)
+        self.state = stage.setup(config) if stage.setup is not None else None
+
+    def __del__(self) -> None:
+        close = getattr(self.state, "close", None)
+        if callable(close):
+            close()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        shard_ids, n_ok, n_failed, n_skipped, parts = [], [], [], [], []
+        for shard_id, payload in zip(batch["shard"], batch["payload"], strict=True):
+            rows = [self.process_item(item, attempt) for item, attempt in pickle.loads(payload)]
+            part = storage.join(
+                stage_dir(self.out, self.stage),
+                "parts",
+                f"part-{self.run_id}-{shard_id:06d}.parquet",
+            )
+            write_parquet(pa.Table.from_pylist(rows, schema=self.schema), part)
+            statuses = collections.Counter(r["status"] for r in rows)
+            shard_ids.append(int(shard_id))
+            n_ok.append(statuses["ok"])
+            n_failed.append(statuses["failed"])
+            n_skipped.append(statuses["skipped"])
+            parts.append(part)
+        return {
+            "shard": np.array(shard_ids, dtype=np.int64),
+            "ok": np.array(n_ok, dtype=np.int64),
+            "failed": np.array(n_failed, dtype=np.int64),
+            "skipped": np.array(n_skipped, dtype=np.int64),
+            "part": np.array(parts, dtype=object),
+        }
+
+    def process_item(self, item: dict[str, Any], attempt: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        uid = str(item.get("uid"))
+        row: dict[str, Any] = {
+            "uid": uid,
+            "stage": self.stage.name,
+            "attempt": attempt,
+            "config_hash": self.config_hash,
+            "run_id": self.run_id,
+            "error_type": None,
+            "error": None,
+            "output_uri": None,
+        }
+        scratch: Path | None = None
+        try:
+            storage.check_uid(uid)
+            item_url = None
+            if self.stage.item_output is not None:
+                item_url = storage.join(self.out, self.stage.item_output, uid)
+                marker = storage.read_marker(item_url)
+                if marker is not None and marker.get("config_hash") == self.config_hash:
+                    row.update(status="ok", output_uri=item_url, seconds=marker.get("seconds"))
+                    row.update(marker.get("result", {}))
+                    return self._finish(row, t0, keep_seconds=True)
+                scratch = Path(tempfile.mkdtemp(prefix=f"imesh-{uid}-", dir=self.scratch_root))
+            ctx = ItemContext(uid, attempt, self.config, self.state, scratch)
+            result = self.stage.process(item, ctx)
+            self._check_result(result)
+            if scratch is not None and item_url is not None:
+                if self.stage.validate is not None:
+                    self.stage.validate(scratch, result)
+                seconds = time.perf_counter() - t0
+                storage.publish_dir(
+                    scratch,
+                    item_url,
+                    {
+                        "uid": uid,
+                        "stage": self.stage.name,
+                        "config_hash": self.config_hash,
+                        "run_id": self.run_id,
+                        "attempt": attempt,
+                        "seconds": seconds,
+                        "result": result,
+                    },
+                )
+                scratch = None
+            row.update(result)
+            row.update(status="ok", output_uri=item_url)
+        except SkipItem as e:
+            row.update(status="skipped", error_type="SkipItem", error=str(e)[:MAX_ERROR_CHARS])
+        except Exception as e:
+            row.update(status="failed", error_type=type(e).__name__, error=_error_text(e))
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+        return self._finish(row, t0)
+
+    def _check_result(self, result: Any) -> None:
+        if not isinstance(result, dict):
+            raise TypeError(
+                f"stage {self.stage.name} returned {type(result).__name__}, expected a dict"
+            )
+        unknown = set(result) - set(self.stage.result_schema.names)
+        if unknown:
+            raise ValueError(
+                f"stage {self.stage.name} returned undeclared result column(s) {sorted(unknown)}"
+            )
+
+    @staticmethod
+    def _finish(row: dict[str, Any], t0: float, keep_seconds: bool = False) -> dict[str, Any]:
+        if not keep_seconds or row.get("seconds") is None:
+            row["seconds"] = time.perf_counter() - t0
+        row["finished_at"] = dt.datetime.now(dt.UTC)
+        return row
+
+
+def _bound_worker(
+    stage: Stage, config: Any, out: str, run_id: str, scratch_dir: str | None
+) -> type[ShardWorker]:
+    """A ShardWorker subclass with its arguments bound (shipped with the class definition,
+    so actor restarts never depend on constructor arguments held in the object store)."""
+
+    class BoundShardWorker(ShardWorker):
+        def __init__(self) -> None:
+            super().__init__(stage, config, out, run_id, scratch_dir)
+
+    return BoundShardWorker
+
+
+def _error_text(e: BaseException) -> str:
+    msg = str(e) or repr(e)
+    tb = traceback.extract_tb(e.__traceback__)
+    where = f" [at {Path(tb[-1].filename).name}:{tb[-1].lineno}]" if tb else ""
+    return (msg + where)[:MAX_ERROR_CHARS]
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver side.
+# ---------------------------------------------------------------------------------------------
+
+
+def read_parts(out: str, stage: Stage) -> pa.Table:
+    """All status(+result) rows ever written for ``stage`` under ``out`` (empty if none)."""
+    schema = _result_schema_with_status(stage)
+    tables = []
+    for url in storage.list_files(storage.join(stage_dir(out, stage), "parts"), ".parquet"):
+        t = read_parquet(url)
+        tables.append(t.select([n for n in schema.names if n in t.column_names]))
+    if not tables:
+        return schema.empty_table()
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def latest_rows(parts: pa.Table, uids: Iterable[str] | None = None) -> pa.Table:
+    """One row per uid: the most recent attempt (ties broken by finish time)."""
+    if parts.num_rows == 0:
+        return parts
+    if uids is not None:
+        parts = parts.filter(pc.is_in(parts["uid"], value_set=pa.array(list(uids), pa.string())))
+    order = pc.sort_indices(
+        parts,
+        sort_keys=[("uid", "ascending"), ("attempt", "descending"), ("finished_at", "descending")],
+    )
+    parts = parts.take(order)
+    uid_col = parts["uid"].to_pylist()
+    keep = [i for i, u in enumerate(uid_col) if i == 0 or uid_col[i - 1] != u]
+    return parts.take(pa.array(keep, pa.int64()))
+
+
+def _shards(rows: list[tuple[dict[str, Any], int]], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(rows), size):
+        yield rows[i : i + size]
+
+
+def _workers_for(stage: Stage, requested: int) -> int:
+    if requested > 0:
+        return requested
+    import ray
+
+    cpus = float(ray.available_resources().get("CPU", 1.0))
+    if stage.num_gpus > 0:
+        gpus = float(ray.available_resources().get("GPU", 0.0))
+        return max(1, int(gpus // stage.num_gpus))
+    return max(1, int(cpus // max(stage.num_cpus, 1e-6)))
+
+
+def run_stage(
+    stage: Stage,
+    config: Any,
+    manifest: pa.Table,
+    out: str,
+    options: RunOptions | None = None,
+) -> StageReport:
+    """Run ``stage`` over every row of ``manifest``, resuming from earlier runs under ``out``.
+
+    Requires Ray to be initialised (see ``pipelines.ray_session``). Per-item failures never fail
+    the job: they are status rows. Returns a ``StageReport``; the compiled tables are at
+    ``report.status_uri`` and ``report.results_uri``.
+    """
+    import ray
+    import ray.data
+
+    options = options or RunOptions()
+    t0 = time.perf_counter()
+    manifest = validate_manifest(manifest)
+    sdir = stage_dir(out, stage)
+    storage.makedirs(storage.join(sdir, "parts"))
+    write_resolved_config(config, storage.join(sdir, "config.yaml"))
+    chash = config_hash(config)
+    uids = manifest["uid"].to_pylist()
+
+    history = read_parts(out, stage)
+    latest = latest_rows(history, uids)
+    done = {
+        u
+        for u, s, h in zip(
+            latest["uid"].to_pylist(),
+            latest["status"].to_pylist(),
+            latest["config_hash"].to_pylist(),
+            strict=True,
+        )
+        if s == "ok" and h == chash
+    }
+    tries = collections.Counter(history["uid"].to_pylist())
+    todo = [(row, tries[row["uid"]] + 1) for row in manifest.to_pylist() if row["uid"] not in done]
+    run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    shards = list(_shards(todo, max(1, options.shard_size)))
+    returned: set[int] = set()
+    if shards:
+        ds = ray.data.from_items(
+            [{"shard": i, "payload": pickle.dumps(s)} for i, s in enumerate(shards)],
+            override_num_blocks=len(shards),
+        )
+        workers = min(_workers_for(stage, options.workers), len(shards))
+        mapped = ds.map_batches(
+            _bound_worker(stage, config, out, run_id, options.scratch_dir),
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=stage.num_cpus,
+            num_gpus=stage.num_gpus or None,
+        )
+        from tqdm import tqdm
+
+        with tqdm(
+            total=len(todo),
+            desc=stage.name,
+            unit="obj",
+            disable=not options.progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        ) as bar:
+            n_failed = 0
+            for summary in mapped.iter_rows():
+                returned.add(int(summary["shard"]))
+                n_failed += int(summary["failed"])
+                bar.update(int(summary["ok"] + summary["failed"] + summary["skipped"]))
+                bar.set_postfix(failed=n_failed, refresh=False)
+    lost = [s for i, s in enumerate(shards) if i not in returned]
+    if lost:
+        _write_lost_rows(stage, chash, out, run_id, lost)
+    return compile_stage(stage, manifest, out, skipped_done=len(done), processed=len(todo), t0=t0)
+
+
+def _write_lost_rows(
+    stage: Stage, chash: str, out: str, run_id: str, shards: list[list[Any]]
+) -> None:
+    """Shards whose worker died without returning: record their items as failed."""
+    now = dt.datetime.now(dt.UTC)
+    rows = [
+        {
+            "uid": item["uid"],
+            "stage": stage.name,
+            "status": "failed",
+            "error_type": "WorkerLost",
+            "error": "the worker processing this item's shard died (crash, OOM or node loss)",
+            "seconds": None,
+            "attempt": attempt,
+            "output_uri": None,
+            "config_hash": chash,
+            "run_id": run_id,
+            "finished_at": now,
+        }
+        for shard in shards
+        for item, attempt in shard
+    ]
+    url = storage.join(stage_dir(out, stage), "parts", f"part-{run_id}-lost.parquet")
+    write_parquet(pa.Table.from_pylist(rows, schema=_result_schema_with_status(stage)), url)
+
+
+def error_histogram(status: pa.Table, top: int = 10) -> list[tuple[str, int]]:
+    """Failed rows bucketed by error type and the start of the message, most frequent first."""
+    failed = status.filter(pc.equal(status["status"], "failed"))
+    keys = [
+        f"{t}: {_bucket(m)}"
+        for t, m in zip(failed["error_type"].to_pylist(), failed["error"].to_pylist(), strict=True)
+    ]
+    return collections.Counter(keys).most_common(top)
+
+
+_PATHLIKE = re.compile(r"(\S*/\S+|\b[0-9a-f]{32}\b)")
+
+
+def _bucket(message: str | None) -> str:
+    """An error message with paths and uids masked, so equal causes fall in one bucket."""
+    first = (message or "").splitlines()[0] if message else ""
+    return _PATHLIKE.sub("<path>", first)[:100]
+
+
+def compile_stage(
+    stage: Stage,
+    manifest: pa.Table,
+    out: str,
+    *,
+    skipped_done: int = 0,
+    processed: int = 0,
+    t0: float | None = None,
+) -> StageReport:
+    """Compile ``status.parquet`` (one row per manifest uid) and ``results.parquet``."""
+    sdir = stage_dir(out, stage)
+    uids = manifest["uid"].to_pylist()
+    latest = latest_rows(read_parts(out, stage), uids)
+    status = latest.select(list(STATUS_COLUMNS))
+    status_uri = storage.join(sdir, "status.parquet")
+    results_uri = storage.join(sdir, "results.parquet")
+    write_parquet(status, status_uri)
+    ok = latest.filter(pc.equal(latest["status"], "ok"))
+    result_cols = ["uid"] + [n for n in stage.result_schema.names if n != "uid"]
+    write_parquet(ok.select(result_cols), results_uri)
+    counts = collections.Counter(status["status"].to_pylist())
+    missing = len(set(uids) - set(status["uid"].to_pylist()))
+    if missing:
+        counts["missing"] = missing
+    return StageReport(
+        stage=stage.name,
+        out=out,
+        total=len(uids),
+        skipped_done=skipped_done,
+        processed=processed,
+        counts=dict(counts),
+        errors=error_histogram(status),
+        seconds=time.perf_counter() - t0 if t0 is not None else 0.0,
+        status_uri=status_uri,
+        results_uri=results_uri,
+    )

@@ -1,0 +1,221 @@
+"""fsspec-backed storage: one code path for local directories and object stores (``s3://``).
+
+Every output location in the project is a URL string. Local paths (``/data/out``) and remote
+URLs (``s3://bucket/prefix``, ``memory://x`` in tests) go through the same functions here.
+
+Atomic publish protocol (used for every item that a job writes):
+
+1. the item's files are produced in a local scratch directory;
+2. they are validated there (by the stage);
+3. they are copied to a *staging* location next to the final one (``<parent>/.staging/...``);
+4. any leftover partial final directory (from a killed run: no marker) is removed;
+5. staging is moved to the final location;
+6. the completion marker ``_SUCCESS.json`` is written **last**, itself atomically.
+
+A reader treats an item as done only when its marker exists. Killing a job at any point
+therefore leaves either no marker (the item is redone on the next run) or a complete item.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from fsspec import AbstractFileSystem
+
+MARKER_NAME = "_SUCCESS.json"
+STAGING_DIR = ".staging"
+
+# uids become path components: keep them to a conservative alphabet so that no uid can escape
+# the output root (no separators, no "..", no leading dot, bounded length).
+_SAFE_UID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+
+
+class UnsafeUidError(ValueError):
+    """A uid that cannot be used as a path component inside an output root."""
+
+
+def check_uid(uid: str) -> str:
+    """Return ``uid`` unchanged if it is safe to use as one path component, else raise.
+
+    Safe means: 1-200 characters from ``[A-Za-z0-9_.-]``, starting with a letter or digit, and
+    not containing ``..``. Path separators, ``..`` and hidden names are refused so an item can
+    never write outside its job's output root.
+    """
+    if not isinstance(uid, str) or not _SAFE_UID.match(uid) or ".." in uid:
+        raise UnsafeUidError(
+            f"uid {uid!r} is not a safe path component (allowed: letters, digits, '_', '-', '.', "
+            "no '..', at most 200 characters)"
+        )
+    return uid
+
+
+def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
+    """Return the fsspec filesystem for ``url`` and the path inside it."""
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs, path
+
+
+def is_local(url: str) -> bool:
+    fs, _ = filesystem(url)
+    return "file" in _protocols(fs)
+
+
+def _protocols(fs: AbstractFileSystem) -> tuple[str, ...]:
+    proto = fs.protocol
+    return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URL/path components with '/' (works for local paths and ``scheme://`` URLs)."""
+    out = base.rstrip("/")
+    for part in parts:
+        part = part.strip("/")
+        if part:
+            out = f"{out}/{part}"
+    return out
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    return bool(fs.exists(path))
+
+
+def makedirs(url: str) -> None:
+    fs, path = filesystem(url)
+    fs.makedirs(path, exist_ok=True)
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = filesystem(url)
+    with fs.open(path, "rb") as f:
+        data: bytes = f.read()
+    return data
+
+
+def read_text(url: str) -> str:
+    return read_bytes(url).decode("utf-8")
+
+
+def atomic_write_bytes(url: str, data: bytes) -> None:
+    """Write ``data`` to ``url`` so that readers see either nothing or the whole file.
+
+    The bytes go to a uniquely named temporary sibling first and are then renamed into place
+    (an ``os.replace`` locally; a single object PUT/copy on object stores).
+    """
+    fs, path = filesystem(url)
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    try:
+        if "file" in _protocols(fs):
+            os.replace(tmp, path)
+        else:
+            fs.mv(tmp, path)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+
+
+def atomic_write_text(url: str, text: str) -> None:
+    atomic_write_bytes(url, text.encode("utf-8"))
+
+
+def list_files(url: str, suffix: str = "") -> list[str]:
+    """Full URLs of the files directly under ``url`` whose names end with ``suffix`` (sorted)."""
+    fs, path = filesystem(url)
+    if not fs.exists(path):
+        return []
+    local = "file" in _protocols(fs)
+    out = []
+    for name in fs.ls(path, detail=False):
+        base = name.rstrip("/").rsplit("/", 1)[-1]
+        if base.endswith(suffix) and not base.startswith(".") and ".tmp-" not in base:
+            out.append(name if local else fs.unstrip_protocol(name))
+    return sorted(out)
+
+
+def marker_url(item_url: str) -> str:
+    return join(item_url, MARKER_NAME)
+
+
+def read_marker(item_url: str) -> dict[str, Any] | None:
+    """The completion marker of a published item, or ``None`` if the item is not complete."""
+    url = marker_url(item_url)
+    fs, path = filesystem(url)
+    if not fs.exists(path):
+        return None
+    try:
+        payload: dict[str, Any] = json.loads(read_text(url))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # a marker that does not parse does not count as done
+    return payload
+
+
+def publish_dir(local_dir: str | Path, final_url: str, marker: Mapping[str, Any]) -> None:
+    """Publish a validated local directory to ``final_url`` atomically (marker written last).
+
+    ``local_dir`` is consumed (moved or deleted). If ``final_url`` holds a previous partial
+    attempt (no marker) it is replaced; a complete previous attempt is replaced as well, since
+    the caller decided to redo the item.
+    """
+    local_dir = Path(local_dir)
+    if not local_dir.is_dir():
+        raise FileNotFoundError(f"nothing to publish: {local_dir} is not a directory")
+    fs, final_path = filesystem(final_url)
+    parent, name = final_path.rstrip("/").rsplit("/", 1)
+    staging = f"{parent}/{STAGING_DIR}/{name}.{uuid.uuid4().hex}"
+    fs.makedirs(f"{parent}/{STAGING_DIR}", exist_ok=True)
+    files = {
+        str(p.relative_to(local_dir)): p.stat().st_size
+        for p in sorted(local_dir.rglob("*"))
+        if p.is_file()
+    }
+    local = "file" in _protocols(fs)
+    if local:
+        shutil.move(str(local_dir), staging)
+    else:
+        fs.put(str(local_dir), staging, recursive=True)
+        shutil.rmtree(local_dir, ignore_errors=True)
+    if fs.exists(final_path):
+        fs.rm(final_path, recursive=True)
+    if local:
+        os.replace(staging, final_path)
+    else:
+        fs.mv(staging, final_path, recursive=True)
+    payload = {**dict(marker), "files": files}
+    atomic_write_text(marker_url(final_url), json.dumps(payload, sort_keys=True, default=str))
+
+
+def remove(url: str) -> None:
+    fs, path = filesystem(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def local_path(url: str, scratch_dir: str | Path | None = None) -> tuple[Path, bool]:
+    """A local filesystem path with the content of ``url``.
+
+    Local URLs are returned as they are; remote ones are downloaded into ``scratch_dir`` (or the
+    system temp dir). Returns ``(path, is_temporary)``; the caller deletes temporary copies.
+    """
+    fs, path = filesystem(url)
+    if "file" in _protocols(fs):
+        return Path(path), False
+    import tempfile
+
+    suffix = Path(path).suffix
+    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=str(scratch_dir) if scratch_dir else None)
+    os.close(fd)
+    fs.get(path, tmp)
+    return Path(tmp), True

@@ -1,0 +1,60 @@
+"""Human-readable summaries of stage runs (rich tables on stderr/stdout)."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.runner import StageReport, error_histogram
+
+
+def stage_table(reports: list[StageReport]) -> Table:
+    table = Table(title="stages", show_lines=False)
+    for col in ("stage", "objects", "ok", "failed", "skipped", "resumed", "seconds"):
+        table.add_column(col, justify="right" if col != "stage" else "left")
+    for r in reports:
+        table.add_row(
+            r.stage,
+            str(r.total),
+            str(r.ok),
+            str(r.failed),
+            str(r.counts.get("skipped", 0)),
+            str(r.skipped_done),
+            f"{r.seconds:.1f}",
+        )
+    return table
+
+
+def errors_table(errors: list[tuple[str, int]], title: str = "failures by cause") -> Table:
+    table = Table(title=title)
+    table.add_column("count", justify="right")
+    table.add_column("error")
+    for text, n in errors:
+        table.add_row(str(n), text)
+    return table
+
+
+def print_status(status: pa.Table, console: Console | None = None) -> dict[str, Any]:
+    """Print counts per status and the error histogram of a compiled status table."""
+    console = console or Console()
+    counts = collections.Counter(status["status"].to_pylist())
+    stages = sorted(set(status["stage"].to_pylist()))
+    console.print(
+        f"stage(s) {', '.join(stages)}: {status.num_rows} items, "
+        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    )
+    errors = error_histogram(status)
+    if errors:
+        console.print(errors_table(errors))
+    seconds = status.filter(pc.equal(status["status"], "ok"))["seconds"]
+    if len(seconds):
+        console.print(
+            f"per-item seconds (ok): mean {pc.mean(seconds).as_py():.3f}, "
+            f"max {pc.max(seconds).as_py():.3f}"
+        )
+    return {"counts": dict(counts), "errors": errors}

@@ -1,0 +1,1 @@
+"""Rendering library (no Ray): mesh I/O, procedural meshes, cameras, normalization, backends."""
