@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -52,8 +54,31 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     if address is None:
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
     ray.init(address=address, **kwargs)  # type: ignore[arg-type]
+    reaper = _start_reaper() if address is None else None
     try:
         quiet_ray_data()
         yield
     finally:
         ray.shutdown()
+        if reaper is not None:
+            reaper.terminate()
+            reaper.wait(timeout=10)
+
+
+def _start_reaper() -> subprocess.Popen[bytes] | None:
+    """Start the watchdog that cleans up this local Ray if the driver is killed (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ray
+
+    node = ray._private.worker._global_node
+    session_dir = node.get_session_dir_path() if node is not None else None
+    if not session_dir:
+        return None
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipelines.ray_reaper", str(os.getpid()), session_dir],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
