@@ -222,12 +222,15 @@ def fixtures_complete(out: Path, cfg: FixturesConfig) -> bool:
         recorded = json.loads(marker.read_text()).get("config", {})
     except json.JSONDecodeError:
         return False
-    mine = to_dict(cfg)
-    mine.pop("force", None)
-    recorded.pop("force", None)
-    recorded.pop("out", None)
-    mine.pop("out", None)
-    return bool(recorded == mine)
+    return bool(recorded == _recorded_config(cfg))
+
+
+def _recorded_config(cfg: FixturesConfig) -> dict[str, Any]:
+    """The settings that determine the fixture bytes (not where they are or ``force``)."""
+    data = to_dict(cfg)
+    data.pop("out")
+    data.pop("force")
+    return data
 
 
 def make_fixtures(cfg: FixturesConfig) -> dict[str, Any]:
@@ -243,7 +246,7 @@ def make_fixtures(cfg: FixturesConfig) -> dict[str, Any]:
         gso = _write_gso(tmp, cfg)
         omni = _write_omni3d(tmp, cfg)
         record = {
-            "config": to_dict(cfg),
+            "config": _recorded_config(cfg),
             "paths": {
                 "objaverse_cache": "objaverse",
                 "captions": CAPTIONS_FILE,

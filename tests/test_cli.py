@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import COMMANDS, main, parse
+from pipelines.fixtures import FixturesConfig
+
+
+def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("demo", "fixtures", "ingest", "inspect", "status"):
+        assert name in COMMANDS
+        assert f"  {name}" in out
+
+
+def test_subcommand_help_explains_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--manifest" in out and "Object manifest" in out
+    assert "--run.workers" in out and "--config" in out
+
+
+def test_unknown_command_and_bad_input_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["renderz"]) == 2
+    assert "unknown command 'renderz'" in capsys.readouterr().err
+    rc = main(["inspect", "--manifest", str(tmp_path / "nope.parquet"), "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.count("\n") == 0 and "no Parquet file" in err
+
+
+def test_yaml_config_then_command_line_overrides(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "fx.yaml"
+    cfg_file.write_text("out: /tmp/a\nseed: 5\ngso_objects: 2\n")
+    cfg = parse("fixtures", ["--config", str(cfg_file), "--seed", "7"])
+    assert cfg == FixturesConfig(out="/tmp/a", seed=7, gso_objects=2)
+
+
+def test_bad_yaml_key_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg_file = tmp_path / "fx.yaml"
+    cfg_file.write_text("out: /tmp/a\nsede: 5\n")
+    assert main(["fixtures", "--config", str(cfg_file)]) == 2
+    assert "unknown key(s) sede" in capsys.readouterr().err

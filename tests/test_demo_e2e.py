@@ -1,0 +1,135 @@
+"""The README's main command, run the way a user runs it (a subprocess of the installed CLI),
+and the kill -9 / rerun guarantee."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pytest
+
+from pipelines.ray_reaper import session_pids
+
+IMESH = [sys.executable, "-m", "pipelines.cli"]
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+
+
+def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [*IMESH, "demo", "--out", str(out), "--run.no-progress"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "inspected objects" in proc.stdout and "failed objects: 1" in proc.stdout
+
+    record = __import__("json").loads((out / "fixtures" / "fixtures.json").read_text())
+    kinds = {o["uid"]: o for o in record["objaverse"]}
+    status = pd.read_parquet(out / "inspect" / "status.parquet")
+    assert sorted(status["uid"]) == sorted(kinds) and status["uid"].is_unique
+    failed = status[status["status"] == "failed"]
+    assert [kinds[u]["kind"] for u in failed["uid"]] == ["unreadable"]
+    assert failed["error_type"].tolist() == ["MeshLoadError"]
+
+    results = pd.read_parquet(out / "inspect" / "results.parquet").set_index("uid")
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for uid, row in results.iterrows():
+        by_kind.setdefault(kinds[uid]["kind"], []).append(row.to_dict())
+    assert all(r["n_components"] == 1 and r["has_texture"] for r in by_kind["good"])
+    assert [r["n_components"] for r in by_kind["multiple_parts"]] == [4]
+    assert [r["n_components"] for r in by_kind["touching_parts"]] == [2]
+    assert [r["has_texture"] for r in by_kind["no_texture"]] == [False, False]
+    n = duckdb.sql(f"select count(*) from '{out / 'inspect' / 'results.parquet'}'").fetchall()
+    assert n == [(len(kinds) - 1,)]
+
+    again = subprocess.run(
+        [*IMESH, "demo", "--out", str(out), "--run.no-progress"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    status2 = pd.read_parquet(out / "inspect" / "status.parquet").set_index("uid")
+    assert len(status2) == len(kinds)
+    assert status2.loc[failed["uid"].iloc[0], "attempt"] == 2  # only the failure was retried
+    assert (status2.drop(index=failed["uid"].iloc[0])["attempt"] == 1).all()
+
+
+@pytest.mark.timeout(400)
+def test_sigkill_mid_stage_then_rerun_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    from pipelines.fixtures import FixturesConfig, fixture_paths, make_fixtures
+    from pipelines.ingest import IngestConfig, run_ingest
+
+    make_fixtures(
+        FixturesConfig(
+            out=str(tmp_path / "fx"), n_positives=70, gso_objects=0, omni3d_categories={}
+        )
+    )
+    paths = fixture_paths(tmp_path / "fx")
+    manifest = tmp_path / "m.parquet"
+    table = run_ingest(IngestConfig(out=str(manifest), cache=str(paths["objaverse_cache"])))
+    uids = sorted(table["uid"].to_pylist())
+    args = [
+        *IMESH,
+        "inspect",
+        "--manifest",
+        str(manifest),
+        "--run.shard-size",
+        "1",
+        "--run.no-progress",
+    ]
+
+    killed_out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [*args, "--out", str(killed_out)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    parts = killed_out / "inspect" / "parts"
+    deadline = time.time() + 120
+    while (
+        time.time() < deadline and len(list(parts.glob("*.parquet")) if parts.exists() else []) < 4
+    ):
+        time.sleep(0.05)
+    session = os.path.realpath("/tmp/ray/session_latest")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_parts_at_kill = len(list(parts.glob("*.parquet")))
+    assert 4 <= n_parts_at_kill < len(uids), "the kill must land in the middle of the stage"
+    assert not (killed_out / "inspect" / "status.parquet").exists()
+
+    deadline = time.time() + 30  # the reaper removes the orphaned local Ray
+    while time.time() < deadline and session_pids(session):
+        time.sleep(0.5)
+    assert session_pids(session) == []
+
+    rerun = subprocess.run(
+        [*args, "--out", str(killed_out)], env=ENV, capture_output=True, text=True, timeout=300
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    clean_out = tmp_path / "clean"
+    clean = subprocess.run(
+        [*args, "--out", str(clean_out)], env=ENV, capture_output=True, text=True, timeout=300
+    )
+    assert clean.returncode == 0, clean.stderr[-3000:]
+
+    status = pd.read_parquet(killed_out / "inspect" / "status.parquet")
+    assert sorted(status["uid"]) == uids and status["uid"].is_unique
+    cols = ["uid", "n_faces", "n_vertices", "n_components", "has_texture", "surface_area"]
+    got = pd.read_parquet(killed_out / "inspect" / "results.parquet")[cols].sort_values("uid")
+    want = pd.read_parquet(clean_out / "inspect" / "results.parquet")[cols].sort_values("uid")
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
+    shutil.rmtree(tmp_path / "fx")
