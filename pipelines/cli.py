@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tyro.conf import Positional
+
 from pipelines import __version__
 
 
@@ -25,7 +27,7 @@ from pipelines import __version__
 class StatusConfig:
     """Summarise a stage's compiled status table: counts and failures by cause."""
 
-    path: str
+    path: Positional[str]
     """A ``status.parquet`` URL, or a stage directory that holds one (e.g. ``demo_out/inspect``)."""
 
 

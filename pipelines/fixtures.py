@@ -35,7 +35,7 @@ import trimesh
 from evaluation.layouts import omni3d_object_id, write_gso_object, write_omni3d_object
 from filtering.cap3d import write_captions
 from filtering.objaverse_cache import CacheObject, sketchfab_annotation, write_cache
-from pipelines.configs import to_dict
+from pipelines.configs import ConfigError, to_dict
 from rendering import procedural as pg
 
 FIXTURES_FILE = "fixtures.json"
@@ -235,6 +235,8 @@ def _recorded_config(cfg: FixturesConfig) -> dict[str, Any]:
 
 def make_fixtures(cfg: FixturesConfig) -> dict[str, Any]:
     """Write the fixture datasets (see module docstring); returns the ground-truth record."""
+    if "://" in cfg.out:
+        raise ConfigError(f"fixtures are written to a local directory, got the URL {cfg.out!r}")
     out = Path(cfg.out)
     if not cfg.force and fixtures_complete(out, cfg):
         return dict(json.loads((out / FIXTURES_FILE).read_text()))

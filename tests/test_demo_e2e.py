@@ -22,7 +22,9 @@ IMESH = [sys.executable, "-m", "pipelines.cli"]
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
 
 
-def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
+def test_demo_runs_end_to_end_and_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "demo"
     proc = subprocess.run(
         [*IMESH, "demo", "--out", str(out), "--run.no-progress"],
@@ -52,6 +54,13 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     assert [r["has_texture"] for r in by_kind["no_texture"]] == [False, False]
     n = duckdb.sql(f"select count(*) from '{out / 'inspect' / 'results.parquet'}'").fetchall()
     assert n == [(len(kinds) - 1,)]
+
+    from pipelines.cli import main
+
+    assert main(["status", str(out / "inspect")]) == 0
+    summary = capsys.readouterr().out
+    assert f"{len(kinds)} items" in summary and "failed 1" in summary
+    assert "MeshLoadError: <path> cannot parse" in summary
 
     again = subprocess.run(
         [*IMESH, "demo", "--out", str(out), "--run.no-progress"],
