@@ -195,6 +195,18 @@ def parse(name: str, args: Sequence[str]) -> Any:
     return tyro.cli(cls, args=rest, default=default, prog=f"imesh {name}", description=description)
 
 
+def root_cause(e: BaseException) -> BaseException:
+    """The innermost exception behind ``e`` (Ray wraps worker errors in several layers)."""
+    seen: set[int] = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        inner = getattr(e, "cause", None) or e.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        e = inner
+    return e
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -227,8 +239,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if os.environ.get("IMESH_DEBUG"):
             traceback.print_exc()
+        cause = root_cause(e)
+        first = (str(cause).strip().splitlines() or [""])[0]
         print(
-            f"imesh {name}: error: {type(e).__name__}: {e} (IMESH_DEBUG=1 shows the traceback)",
+            f"imesh {name}: error: {type(cause).__name__}: {first} "
+            "(IMESH_DEBUG=1 shows the traceback)",
             file=sys.stderr,
         )
         return 1

@@ -48,3 +48,15 @@ def test_bad_yaml_key_is_a_one_line_error(
     cfg_file.write_text("out: /tmp/a\nsede: 5\n")
     assert main(["fixtures", "--config", str(cfg_file)]) == 2
     assert "unknown key(s) sede" in capsys.readouterr().err
+
+
+def test_root_cause_unwraps_chained_errors() -> None:
+    from pipelines.cli import root_cause
+
+    try:
+        try:
+            raise KeyError("inner")
+        except KeyError as inner:
+            raise RuntimeError("wrapper\nwith a long traceback") from inner
+    except RuntimeError as outer:
+        assert isinstance(root_cause(outer), KeyError)
