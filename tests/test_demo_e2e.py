@@ -22,18 +22,20 @@ IMESH = [sys.executable, "-m", "pipelines.cli"]
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
 
 
+def _imesh(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the installed CLI as a user would; fail the test with its stderr if it fails."""
+    proc = subprocess.run(
+        [*IMESH, *args], capture_output=True, text=True, env=ENV, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def test_demo_runs_end_to_end_and_resumes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "demo"
-    proc = subprocess.run(
-        [*IMESH, "demo", "--out", str(out), "--run.no-progress"],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _imesh("demo", "--out", str(out), "--run.no-progress")
     assert "inspected objects" in proc.stdout and "failed objects: 1" in proc.stdout
 
     record = __import__("json").loads((out / "fixtures" / "fixtures.json").read_text())
@@ -62,14 +64,7 @@ def test_demo_runs_end_to_end_and_resumes(
     assert f"{len(kinds)} items" in summary and "failed 1" in summary
     assert "MeshLoadError: <path> cannot parse" in summary
 
-    again = subprocess.run(
-        [*IMESH, "demo", "--out", str(out), "--run.no-progress"],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=300,
-    )
-    assert again.returncode == 0, again.stderr[-3000:]
+    _imesh("demo", "--out", str(out), "--run.no-progress")
     status2 = pd.read_parquet(out / "inspect" / "status.parquet").set_index("uid")
     assert len(status2) == len(kinds)
     assert status2.loc[failed["uid"].iloc[0], "attempt"] == 2  # only the failure was retried
@@ -125,15 +120,9 @@ def test_sigkill_mid_stage_then_rerun_loses_and_duplicates_nothing(tmp_path: Pat
         time.sleep(0.5)
     assert session_pids(session) == []
 
-    rerun = subprocess.run(
-        [*args, "--out", str(killed_out)], env=ENV, capture_output=True, text=True, timeout=300
-    )
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    _imesh(*args[len(IMESH) :], "--out", str(killed_out))
     clean_out = tmp_path / "clean"
-    clean = subprocess.run(
-        [*args, "--out", str(clean_out)], env=ENV, capture_output=True, text=True, timeout=300
-    )
-    assert clean.returncode == 0, clean.stderr[-3000:]
+    _imesh(*args[len(IMESH) :], "--out", str(clean_out))
 
     status = pd.read_parquet(killed_out / "inspect" / "status.parquet")
     assert sorted(status["uid"]) == uids and status["uid"].is_unique
