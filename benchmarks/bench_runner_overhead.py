@@ -37,20 +37,24 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-runner-"))
     make_fixtures(
-        FixturesConfig(out=str(tmp / "fx"), n_positives=args.objects, gso_objects=0,
-                       omni3d_categories={})
+        FixturesConfig(
+            out=str(tmp / "fx"), n_positives=args.objects, gso_objects=0, omni3d_categories={}
+        )
     )
     paths = fixture_paths(tmp / "fx")
-    manifest = run_ingest(IngestConfig(out=str(tmp / "m.parquet"), cache=str(paths["objaverse_cache"])))
+    manifest = run_ingest(
+        IngestConfig(out=str(tmp / "m.parquet"), cache=str(paths["objaverse_cache"]))
+    )
     rows = manifest.to_pylist()
     cfg = InspectConfig(manifest=str(tmp / "m.parquet"), out=str(tmp / "unused"))
 
     t = time.perf_counter()
+    failures = 0
     for row in rows:
         try:
             inspect_item(row, ItemContext(row["uid"], 1, cfg))
-        except Exception:
-            pass  # the truncated fixture fails here exactly as it does in the runner
+        except Exception:  # the truncated fixture fails here exactly as it does in the runner
+            failures += 1
     loop_s = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -65,11 +69,18 @@ def main() -> None:
             timings[workers] = time.perf_counter() - t
             assert report.total == len(rows)
 
-    print(f"machine: {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}")
-    print(f"objects: {len(rows)}, shard size {args.shard_size}; Ray start-up {startup_s:.2f} s (excluded)")
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    )
+    print(
+        f"objects: {len(rows)} ({failures} failing), shard size {args.shard_size}; "
+        f"Ray start-up {startup_s:.2f} s (excluded)"
+    )
     print(f"plain loop (1 process):        {loop_s:7.2f} s")
-    print(f"runner, 1 worker:              {timings[1]:7.2f} s   ratio {timings[1] / loop_s:5.2f}x "
-          f"(overhead {100 * (timings[1] / loop_s - 1):+.0f}%)")
+    print(
+        f"runner, 1 worker:              {timings[1]:7.2f} s   ratio {timings[1] / loop_s:5.2f}x "
+        f"(overhead {100 * (timings[1] / loop_s - 1):+.0f}%)"
+    )
     print(f"runner, 1 worker per CPU:      {timings[0]:7.2f} s   ratio {timings[0] / loop_s:5.2f}x")
 
 
