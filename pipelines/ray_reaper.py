@@ -13,6 +13,7 @@ Usage: ``python -m pipelines.ray_reaper <driver_pid> <ray_session_dir>``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -69,11 +70,9 @@ def reap(session_dir: str, rounds: int = 5) -> int:
         if not pids:
             break
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # it exited on its own meanwhile
                 os.kill(pid, signal.SIGKILL)
                 killed += 1
-            except OSError:
-                pass
         time.sleep(0.2)
     return killed
 
