@@ -250,5 +250,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(rc or 0)
 
 
+def entry() -> None:
+    """Console-script entry point (``imesh``): run ``main`` and exit with its code.
+
+    Ray 2.60 occasionally aborts (SIGABRT) in its C++ teardown at interpreter exit even after a
+    clean ``ray.shutdown()`` (seen here about 1 run in 7), turning a finished job's exit code into
+    134. By the time ``main`` returns every output is published and flushed, so when Ray was used
+    we flush the streams and leave without interpreter finalization.
+    """
+    rc = main()
+    if "ray" in sys.modules:
+        import logging
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    raise SystemExit(rc)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()
