@@ -8,19 +8,33 @@ Google Scanned Objects (one folder per object, as unpacked from the official zip
                                                   loaders must look beside the OBJ *and* here)
     <root>/<Name>/metadata.pbtxt            protobuf text with name and category annotations
 
-OmniObject3D raw scans::
+OmniObject3D raw scans and Blender renders (the release's ``OmniObject3D_Data_Root``)::
 
     <root>/raw_scans/<category>/<category>_<NNN>/Scan/Scan.obj, Scan.mtl, Scan.jpg
+    <root>/blender_renders/<category>/<category>_<NNN>/render/transforms.json
+    <root>/blender_renders/<category>/<category>_<NNN>/render/images/r_<i>.png
+
+``transforms.json`` is what the official render script (``tools/blender_script.py`` of
+github.com/omniobject3d/OmniObject3D) writes: ``camera_angle_x`` (radians) and ``frames`` with
+``file_path`` (``r_<i>``), ``rotation``, ``transform_matrix`` (Blender ``camera.matrix_world``,
+camera-to-world, OpenGL axes) and ``scale`` (the factor ``0.99 / max |coordinate|`` the scan was
+scaled by after Blender's default Y-up OBJ import). There is no ``w``/``h``; the official renders
+are 800 x 800.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import trimesh
 from PIL import Image
 
+from rendering.cameras import Camera
 from rendering.procedural import jpeg_bytes, mtl_text, obj_text, png_bytes
 
 
@@ -56,11 +70,58 @@ def write_omni3d_object(
     index: int,
     mesh: trimesh.Trimesh,
     texture: Image.Image,
+    y_up: bool = True,
 ) -> Path:
-    """Write one object in the OmniObject3D raw-scan layout; returns its ``Scan`` folder."""
+    """Write one object in the OmniObject3D raw-scan layout; returns its ``Scan`` folder.
+    ``mesh`` is given in our Z-up frame; with ``y_up`` (default) it is stored Y up like the
+    release's scans, (x, y, z) -> (x, z, -y), which ``load_omni3d_mesh`` undoes."""
     scan = Path(root) / "raw_scans" / category / omni3d_object_id(category, index) / "Scan"
     scan.mkdir(parents=True, exist_ok=True)
+    if y_up:
+        mesh = mesh.copy()
+        mesh.vertices = (
+            np.asarray(mesh.vertices)
+            @ np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]]).T
+        )
     (scan / "Scan.obj").write_text(obj_text(mesh, "Scan.mtl"))
     (scan / "Scan.mtl").write_text(mtl_text("Scan.jpg"))
     (scan / "Scan.jpg").write_bytes(jpeg_bytes(texture))
     return scan
+
+
+def omni3d_render_dir(root: str | os.PathLike[str], category: str, index: int) -> Path:
+    """``<root>/blender_renders/<category>/<category>_<NNN>/render`` (the release layout)."""
+    return Path(root) / "blender_renders" / category / omni3d_object_id(category, index) / "render"
+
+
+def write_omni3d_transforms(
+    root: str | os.PathLike[str],
+    category: str,
+    index: int,
+    cameras: Sequence[Camera],
+    scale: float = 1.0,
+) -> Path:
+    """Write an OmniObject3D ``transforms.json`` for ``cameras`` (shared FOV) in the release
+    layout, with the same keys the official render script writes; returns the file path.
+    Only the cameras are written (no images)."""
+    if not cameras:
+        raise ValueError("write_omni3d_transforms needs at least one camera")
+    fovs = {round(c.fov_deg, 9) for c in cameras}
+    if len(fovs) != 1:
+        raise ValueError(f"all cameras must share one FOV, got {sorted(fovs)}")
+    data = {
+        "camera_angle_x": math.radians(cameras[0].fov_deg),
+        "frames": [
+            {
+                "file_path": f"r_{i}",
+                "rotation": 2.0 * math.pi / len(cameras),
+                "transform_matrix": [[float(x) for x in row] for row in cam.c2w],
+                "scale": float(scale),
+            }
+            for i, cam in enumerate(cameras)
+        ],
+    }
+    path = omni3d_render_dir(root, category, index) / "transforms.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=4))
+    return path

@@ -30,13 +30,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import trimesh
 
-from evaluation.layouts import omni3d_object_id, write_gso_object, write_omni3d_object
+from evaluation.layouts import (
+    omni3d_object_id,
+    write_gso_object,
+    write_omni3d_object,
+    write_omni3d_transforms,
+)
 from filtering.cap3d import write_captions
 from filtering.objaverse_cache import CacheObject, sketchfab_annotation, write_cache
 from pipelines.configs import ConfigError, to_dict
 from rendering import procedural as pg
+from rendering.cameras import omni3d_benchmark_cameras
 
 FIXTURES_FILE = "fixtures.json"
 CAPTIONS_FILE = "Cap3D_automated_Objaverse_full.csv"
@@ -210,6 +217,10 @@ def _write_omni3d(tmp: Path, cfg: FixturesConfig) -> list[dict[str, Any]]:
             mesh = pg.make_shape(shape, cfg.seed * 104729 + c * 100 + idx)
             texture = pg.make_texture(pg.TEXTURE_PATTERNS[idx % 4], cfg.seed + c * 100 + idx)
             write_omni3d_object(tmp / "omni3d", category, idx, pg.textured(mesh, texture), texture)
+            if idx == 1:  # the first scan of each category has benchmark-view cameras
+                scale = 0.99 / float(np.abs(mesh.vertices).max())
+                cams = omni3d_benchmark_cameras(None, seed=cfg.seed, uid=f"{category}{idx}")
+                write_omni3d_transforms(tmp / "omni3d", category, idx, cams, scale=scale)
             out.append({"id": omni3d_object_id(category, idx), "category": category})
     return out
 
