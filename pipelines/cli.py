@@ -126,6 +126,124 @@ def _run_demo(cfg: Any) -> int:
     return 0
 
 
+def _lazy(module: str, attr: str) -> Callable[[], Any]:
+    """A loader for ``module.attr`` imported on first use (keeps ``imesh --help`` fast)."""
+
+    def load() -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(module), attr)
+
+    return load
+
+
+def _run_render(cfg: Any) -> int:
+    from rich.console import Console
+
+    from pipelines.ray_session import ray_session
+    from pipelines.render import run_render
+    from pipelines.summary import errors_table, stage_table
+
+    with ray_session(cfg.address):
+        report = run_render(cfg)
+    console = Console()
+    console.print(stage_table([report]))
+    if report.errors:
+        console.print(errors_table(report.errors))
+    from rendering.output_layouts import LAYOUT_DIRS
+
+    console.print(
+        f"renders: {cfg.out}/{LAYOUT_DIRS[cfg.layout]}/<uid>/  status: {report.status_uri}"
+    )
+    return 0
+
+
+def _run_filter(cfg: Any) -> int:
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from pipelines import storage
+    from pipelines.filter import run_filter
+    from pipelines.ray_session import ray_session
+
+    with ray_session(cfg.address):
+        result = run_filter(cfg)
+    console = Console()
+    console.print(Markdown(storage.read_text(storage.join(cfg.out, "funnel.md"))))
+    console.print(
+        f"kept {result.kept} of {result.decisions.num_rows}: {cfg.out}/filtered_obj_name.json"
+    )
+    return 0
+
+
+def _print_reports(reports: Sequence[Any]) -> None:
+    from rich.console import Console
+
+    from pipelines.summary import errors_table, stage_table
+
+    console = Console()
+    console.print(stage_table(list(reports)))
+    for r in reports:
+        if r.errors:
+            console.print(errors_table(r.errors))
+
+
+def _run_evalset(cfg: Any) -> int:
+    from pipelines.evalset import run_evalset
+    from pipelines.ray_session import ray_session
+
+    with ray_session(cfg.address):
+        report = run_evalset(cfg)
+    _print_reports([report])
+    print(f"evaluation set: {cfg.set_dir}  (objects/, manifest.parquet, selection.json)")
+    return 0
+
+
+def _run_predict(cfg: Any) -> int:
+    from pipelines.benchmark import run_predict
+    from pipelines.ray_session import ray_session
+
+    with ray_session(cfg.address):
+        report = run_predict(cfg)
+    _print_reports([report])
+    print(
+        f"predictions: {cfg.out}/predictions/  next: imesh evaluate --evalset {cfg.evalset} --out {cfg.out}"
+    )
+    return 0
+
+
+def _run_evaluate(cfg: Any) -> int:
+    from pipelines.benchmark import run_evaluate
+    from pipelines.ray_session import ray_session
+
+    with ray_session(cfg.address):
+        report, _ = run_evaluate(cfg)
+    _print_reports([report])
+    print(
+        f"run records: {cfg.out}/metrics/*.parquet, {cfg.out}/run.json  next: imesh report --runs {cfg.out} --out ..."
+    )
+    return 0
+
+
+def _run_benchmark(cfg: Any) -> int:
+    from pipelines.benchmark import run_benchmark
+    from pipelines.ray_session import ray_session
+
+    with ray_session(cfg.address):
+        reports, _ = run_benchmark(cfg)
+    _print_reports(reports)
+    print(f"run: {cfg.out}  report: {cfg.out}/report/report.html")
+    return 0
+
+
+def _run_module(module: str, attr: str) -> Callable[[Any], int | None]:
+    def run(cfg: Any) -> int | None:
+        fn: Callable[[Any], int | None] = _lazy(module, attr)()
+        return fn(cfg)
+
+    return run
+
+
 COMMANDS: dict[str, Command] = {
     "demo": Command(_demo, _run_demo, "Run the demo chain on procedural objects (CPU, local Ray)."),
     "fixtures": Command(
@@ -136,6 +254,46 @@ COMMANDS: dict[str, Command] = {
         _inspect, _run_inspect, "Validate meshes and record statistics on Ray (resumable)."
     ),
     "status": Command(_status, _run_status, "Summarise a stage's status table."),
+    "filter": Command(
+        _lazy("pipelines.filter", "FilterConfig"),
+        _run_filter,
+        "Five-criteria Objaverse filter (cascade on Ray) -> filtered_obj_name.json + funnel.",
+    ),
+    "render": Command(
+        _lazy("pipelines.render", "RenderConfig"),
+        _run_render,
+        "Render objects: 32 training views / Zero123++ / eval views (blender|nvdiffrast|cpu).",
+    ),
+    "evalset": Command(
+        _lazy("pipelines.evalset", "EvalsetConfig"),
+        _run_evalset,
+        "Build a GSO / OmniObject3D evaluation set (selection, GT meshes, GT views) on Ray.",
+    ),
+    "predict": Command(
+        _lazy("pipelines.benchmark", "PredictConfig"),
+        _run_predict,
+        "Run a predictor (actor pool) over an evaluation set -> predicted meshes.",
+    ),
+    "evaluate": Command(
+        _lazy("pipelines.benchmark", "EvaluateConfig"),
+        _run_evaluate,
+        "Render + score a run's predictions -> per-view/per-object Parquet run records.",
+    ),
+    "benchmark": Command(
+        _lazy("pipelines.benchmark", "BenchmarkConfig"),
+        _run_benchmark,
+        "predict + evaluate on one or more evaluation sets, then the report.",
+    ),
+    "report": Command(
+        _lazy("pipelines.report", "ReportConfig"),
+        _run_module("pipelines.report", "run_report"),
+        "Paper tables (markdown + LaTeX) and an HTML report from evaluation runs.",
+    ),
+    "compare": Command(
+        _lazy("pipelines.compare", "CompareConfig"),
+        _run_module("pipelines.compare", "run_compare"),
+        "Compare two evaluation runs; exit 3 on a regression (the nightly check).",
+    ),
 }
 
 

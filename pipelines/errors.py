@@ -7,6 +7,7 @@ from filtering.objaverse_cache import CacheError
 from pipelines.configs import ConfigError
 from pipelines.schema import ManifestError
 from pipelines.storage import UnsafeUidError
+from rendering.backends.base import BackendUnavailable
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
@@ -14,5 +15,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     CacheError,
     CaptionsError,
     UnsafeUidError,
+    BackendUnavailable,
     FileNotFoundError,
 )

@@ -126,3 +126,26 @@ def mesh_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
         "has_texture": decoded > 0,
         "file_bytes": Path(path).stat().st_size,
     }
+
+
+def load_world_mesh(path: str | os.PathLike[str]) -> trimesh.Trimesh:
+    """Load ``path`` into our Z-up world frame: glTF/OBJ/FBX files (Y up by convention) are
+    rotated by ``Y_UP_TO_Z_UP``, PLY/STL/OFF taken as Z up (``rendering.normalize``)."""
+    from rendering.normalize import Y_UP_TO_Z_UP, source_up_for
+
+    mesh = load_mesh(path)
+    if source_up_for(path) == "y":
+        mesh.apply_transform(Y_UP_TO_Z_UP)
+    return mesh
+
+
+def world_mesh_glb_bytes(mesh: trimesh.Trimesh) -> bytes:
+    """Binary glTF of a mesh given in our Z-up world frame, stored Y up as glTF requires (so
+    :func:`load_world_mesh` and every glTF viewer see it upright)."""
+    from rendering.normalize import Y_UP_TO_Z_UP
+
+    out = mesh.copy()
+    out.apply_transform(np.linalg.inv(Y_UP_TO_Z_UP))
+    data = trimesh.Scene(out).export(file_type="glb")
+    assert isinstance(data, bytes)
+    return data

@@ -20,6 +20,8 @@ Everything returns 4x4 float64 matrices that act on column vectors: ``p' = M @ [
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -36,6 +38,14 @@ Y_UP_TO_Z_UP: np.ndarray = np.array(
 )
 """Rotation by +90 deg about +x: glTF's Y-up frame to the Z-up world, (x, y, z) -> (x, -z, y)
 (what Blender's glTF importer does)."""
+
+Y_UP_SUFFIXES = (".glb", ".gltf", ".obj", ".fbx")
+"""Formats stored Y up (glTF by specification; OBJ/FBX by the convention Blender's importers
+assume): rotated to Z up before normalizing."""
+
+Z_UP_SUFFIXES = (".ply", ".stl", ".off")
+"""Formats taken as already Z up (Blender imports them without an axis change)."""
+
 
 BOX_HALF_SIZE = 1.0
 """Normalized objects lie in [-BOX_HALF_SIZE, BOX_HALF_SIZE]^3 = [-1, 1]^3."""
@@ -122,3 +132,15 @@ def apply_transform_to_points(points: npt.ArrayLike, transform: npt.ArrayLike) -
     if m.shape != (4, 4):
         raise ValueError(f"transform must be 4x4, got {m.shape}")
     return pts @ m[:3, :3].T + m[:3, 3]
+
+
+def source_up_for(path: str | os.PathLike[str]) -> Literal["y", "z"]:
+    suffix = Path(path).suffix.lower()
+    if suffix in Y_UP_SUFFIXES:
+        return "y"
+    if suffix in Z_UP_SUFFIXES:
+        return "z"
+    raise ValueError(
+        f"{path}: unsupported mesh format {suffix!r}; expected one of "
+        f"{', '.join(Y_UP_SUFFIXES + Z_UP_SUFFIXES)}"
+    )

@@ -1,0 +1,250 @@
+"""``imesh render``: render objects into a training / Zero123++ / evaluation layout on Ray.
+
+One backend per Ray actor (``Stage.setup``): a persistent Blender worker process, an
+nvdiffrast context or the CPU rasterizer renders many objects. Per object the stage loads the
+file, computes its normalization (``rendering.backends.prepare_object``), renders the layout's
+cameras (``rendering.output_layouts``), checks the views (finite depth, no NaN), validates the
+folder (file count, sizes, coverage range) and the runner publishes it atomically to
+``<out>/<layout dir>/<uid>/`` with a marker written last. Any failure (unreadable file, zero
+faces, NaN vertices, importer error, per-object timeout) is a ``failed`` status row naming the
+cause; the other objects go on. Re-running resumes.
+
+Outputs under ``<out>``::
+
+    rendering_random_32views/<uid>/...   (layout instantmesh32)  or
+    rendering_zero123plus/<uid>/...      (layout zero123pp)       or
+    eval_views/<uid>/...                 (layout eval)
+    render-<layout>/status.parquet, results.parquet (min/per-view coverage, timings), config.yaml
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from pipelines import storage
+from pipelines.configs import NO_HASH, ConfigError
+from pipelines.runner import RunOptions, StageReport, run_stage
+from pipelines.schema import manifest_from_rows, read_manifest
+from pipelines.stage import ItemContext, Stage
+from rendering.backends import (
+    BackendUnavailable,
+    RenderSettings,
+    make_backend,
+    prepare_object,
+    unavailable_reason,
+)
+from rendering.normalize import Y_UP_SUFFIXES, Z_UP_SUFFIXES
+from rendering.output_layouts import (
+    LAYOUT_DIRS,
+    LayoutSpec,
+    LayoutValidationError,
+    layout_spec,
+    read_record,
+    render_layout,
+    validate_object_dir,
+)
+
+MESH_SUFFIXES = Y_UP_SUFFIXES + Z_UP_SUFFIXES
+GPU_BACKENDS = ("nvdiffrast",)
+
+
+@dataclass
+class RenderConfig:
+    """Render objects (a manifest or mesh files) into an InstantMesh / Zero123++ / eval layout."""
+
+    out: str
+    """Job output root (URL): receives ``<layout dir>/<uid>/`` and ``render-<layout>/`` tables."""
+    manifest: str | None = None
+    """Object manifest (Parquet with uid, source, mesh_uri, sha256). Give this or ``--input``."""
+    input: str | None = None
+    """A mesh file or a directory of mesh files (glb/gltf/obj/fbx/ply/stl); uid = file stem."""
+    layout: Literal["instantmesh32", "zero123pp", "eval"] = "instantmesh32"
+    """instantmesh32: 32 random training views (rendering_random_32views); zero123pp: condition
+    + 6 targets, white background (rendering_zero123plus); eval: input view + 21 orbit views
+    (+ benchmark views) (eval_views)."""
+    backend: Literal["blender", "nvdiffrast", "cpu"] = "blender"
+    """blender: bpy Cycles (dataset renders); nvdiffrast: GPU rasterizer; cpu: software
+    rasterizer (unlit; evaluation renders without GPU or bpy)."""
+    size: int | None = None
+    """Image size in pixels (square); default 512 (instantmesh32) or 320 (zero123pp, eval)."""
+    views: int = 32
+    """Number of random training views (instantmesh32)."""
+    seed: int = 0
+    """Camera seed: cameras are a deterministic function of (uid, seed)."""
+    samples: int = 16
+    """Cycles samples per pixel (blender)."""
+    shading: Literal["lit", "unlit"] = "lit"
+    """lit: uniform white environment light (blender); unlit: base colour as is."""
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    """Where the backend computes (auto: GPU when usable)."""
+    orbit_mode: Literal["cycle", "grid"] = "cycle"
+    """eval: 21 orbit views as uniform azimuths with elevations cycling 30/0/-30, or a 7x3 grid."""
+    benchmark_views: Literal["auto", "on", "off"] = "auto"
+    """eval: also render the Omni3D benchmark views (auto: for omni3d objects or rows with a
+    transforms_uri)."""
+    min_coverage: float = 0.0
+    """Validation: fail an object with a view whose alpha coverage is below this (0 = off; the
+    filter, not the renderer, applies the 10 % criterion)."""
+    timeout_s: float = 600.0
+    """Per-object time limit (blender worker killed and respawned on timeout)."""
+    threads: int = field(default=0, metadata=NO_HASH)
+    """CPU threads per backend worker (0 = backend default)."""
+    max_objects_per_worker: int = field(default=200, metadata=NO_HASH)
+    """Recycle the Blender worker process after this many objects."""
+    cpus_per_worker: float = field(default=1.0, metadata=NO_HASH)
+    """Ray CPUs reserved per render actor."""
+    run: RunOptions = field(default_factory=RunOptions, metadata=NO_HASH)
+    """Execution settings (workers, shard size, progress)."""
+    address: str | None = field(default=None, metadata=NO_HASH)
+    """Ray cluster address; default: RAY_ADDRESS if set, else a local embedded Ray."""
+
+    def spec(self) -> LayoutSpec:
+        return layout_spec(
+            self.layout, self.size, self.seed, views=self.views, orbit_mode=self.orbit_mode
+        )
+
+    def settings(self) -> RenderSettings:
+        return RenderSettings(
+            samples=self.samples,
+            shading=self.shading,
+            device=self.device,
+            threads=self.threads,
+            timeout_s=self.timeout_s,
+        )
+
+
+RESULT_SCHEMA = pa.schema(
+    [
+        ("n_views", pa.int32()),
+        ("min_coverage", pa.float64()),
+        ("coverage", pa.list_(pa.float64())),
+        ("render_seconds", pa.float64()),
+        ("file_to_world", pa.list_(pa.float64())),
+    ]
+)
+
+
+def _setup(cfg: RenderConfig) -> Any:
+    kwargs: dict[str, Any] = {}
+    if cfg.backend == "blender":
+        kwargs["max_objects_per_worker"] = cfg.max_objects_per_worker
+    return make_backend(cfg.backend, cfg.settings(), **kwargs)
+
+
+def _wants_benchmark(cfg: RenderConfig, row: dict[str, Any]) -> bool:
+    if cfg.layout != "eval" or cfg.benchmark_views == "off":
+        return False
+    if cfg.benchmark_views == "on":
+        return True
+    return row.get("source") == "omni3d" or bool(row.get("transforms_uri"))
+
+
+def render_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
+    cfg: RenderConfig = ctx.config
+    assert ctx.scratch_dir is not None
+    path, temporary = storage.local_path(row["mesh_uri"])
+    try:
+        obj, _ = prepare_object(path)
+        transforms = row.get("transforms_uri") or None
+        record = render_layout(
+            ctx.state,
+            obj,
+            ctx.uid,
+            cfg.spec(),
+            ctx.scratch_dir,
+            benchmark=_wants_benchmark(cfg, row),
+            transforms_json=transforms,
+        )
+    finally:
+        if temporary:
+            path.unlink(missing_ok=True)
+    if record["min_coverage"] < cfg.min_coverage:
+        raise LayoutValidationError(
+            f"min alpha coverage {record['min_coverage']:.4f} < --min-coverage {cfg.min_coverage}"
+        )
+    coverage = [c for vs in record["view_sets"].values() for c in vs["coverage"]]
+    return {
+        "n_views": record["n_views"],
+        "min_coverage": record["min_coverage"],
+        "coverage": coverage,
+        "render_seconds": record["timings"]["total_s"],
+        "file_to_world": [x for r in record["file_to_world"] for x in r],
+    }
+
+
+def validate_render(scratch: Path, result: dict[str, Any]) -> None:
+    del result
+    record = read_record(scratch)
+    validate_object_dir(scratch, record)
+
+
+def render_stage(cfg: RenderConfig) -> Stage:
+    """The render stage for ``cfg``'s layout and backend (resources declared per backend)."""
+    gpus = 1.0 if cfg.backend in GPU_BACKENDS else 0.0
+    return Stage(
+        name=f"render-{cfg.layout}",
+        process=render_item,
+        result_schema=RESULT_SCHEMA,
+        item_output=LAYOUT_DIRS[cfg.layout],
+        setup=_setup,
+        validate=validate_render,
+        num_cpus=cfg.cpus_per_worker,
+        num_gpus=gpus,
+    )
+
+
+_UID_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def manifest_from_input(input_path: str) -> pa.Table:
+    """A manifest for a mesh file or every mesh file in a directory (uid = sanitized stem)."""
+    p = Path(input_path)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in MESH_SUFFIXES)
+    elif p.is_file():
+        files = [p]
+    else:
+        raise ConfigError(f"--input {input_path}: no such file or directory")
+    if not files:
+        raise ConfigError(f"--input {input_path}: no mesh files ({', '.join(MESH_SUFFIXES)})")
+    rows, seen = [], set()
+    for f in files:
+        uid = _UID_SAFE.sub("_", f.stem).strip("._") or "object"
+        if uid in seen:
+            uid = f"{uid}-{hashlib.sha1(str(f).encode()).hexdigest()[:8]}"
+        seen.add(uid)
+        rows.append(
+            {
+                "uid": uid,
+                "source": "synthetic",
+                "mesh_uri": str(f.resolve()),
+                "sha256": hashlib.sha256(f.read_bytes()).hexdigest(),
+            }
+        )
+    return manifest_from_rows(rows)
+
+
+def load_render_manifest(cfg: RenderConfig) -> pa.Table:
+    if (cfg.manifest is None) == (cfg.input is None):
+        raise ConfigError("give exactly one of --manifest or --input")
+    if cfg.manifest is not None:
+        return read_manifest(cfg.manifest)
+    assert cfg.input is not None
+    return manifest_from_input(cfg.input)
+
+
+def run_render(cfg: RenderConfig, manifest: pa.Table | None = None) -> StageReport:
+    """Render every object of the manifest (Ray must be initialised; see ``ray_session``)."""
+    if cfg.layout not in LAYOUT_DIRS:
+        raise ConfigError(f"unknown layout {cfg.layout!r}; choose one of {sorted(LAYOUT_DIRS)}")
+    reason = unavailable_reason(cfg.backend)
+    if reason is not None:
+        raise BackendUnavailable(reason)
+    table = manifest if manifest is not None else load_render_manifest(cfg)
+    return run_stage(render_stage(cfg), cfg, table, cfg.out, cfg.run)
