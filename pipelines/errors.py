@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from evaluation.datasets import DatasetError
+from evaluation.predictors import PredictorError
+from evaluation.run_records import EvaluationInputError
 from filtering.cap3d import CaptionsError
 from filtering.objaverse_cache import CacheError
 from pipelines.configs import ConfigError
@@ -16,5 +19,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     CaptionsError,
     UnsafeUidError,
     BackendUnavailable,
+    EvaluationInputError,
+    DatasetError,
+    PredictorError,
     FileNotFoundError,
 )

@@ -1,0 +1,462 @@
+"""``imesh predict`` / ``imesh evaluate`` / ``imesh benchmark``: predictors over an evaluation set
+on Ray, then metrics into the run records the reports read.
+
+``predict`` (stage ``predict-<dataset>``): evaluation-set manifest -> a predictor **actor pool**
+(each actor builds its predictor once in ``Stage.setup``; GPU predictors declare ``num_gpus=1``
+when the cluster has GPUs) -> ``<run>/predictions/<dataset>/<uid>/mesh.glb`` (in our Z-up world
+frame, the predictor's axis convention already applied) + ``prediction.json``.
+
+``evaluate`` (stage ``evaluate-<dataset>``): per object, render the prediction at the GT
+views' cameras with a render backend (``cpu`` rasterizer or ``nvdiffrast`` on GPU), image
+metrics against the GT views, Chamfer / F-Score against the GT mesh
+(``evaluation.evaluate_object``) -> ``<run>/eval_renders/<dataset>/<uid>/<view set>/NNN.png``.
+Then the run records are compiled (``evaluation.run_records``): one row per view, per object,
+and one status row per object (failures from either stage included, with their cause).
+
+Both stages stream one object at a time (never all meshes in memory), write status rows and
+resume: re-running the same command skips finished objects.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from evaluation.evaluate_object import EvalOptions, evaluate_object, png_bytes
+from evaluation.predictors import (
+    GPU_PREDICTORS,
+    PREDICTORS,
+    PredictionMissing,
+    PredictorInput,
+    make_predictor,
+)
+from evaluation.run_records import RunInfo, RunRecordError, RunRecords, read_run, write_run_records
+from pipelines import storage
+from pipelines.configs import NO_HASH, ConfigError, git_commit
+from pipelines.runner import RunOptions, StageReport, run_stage
+from pipelines.schema import read_manifest, read_parquet
+from pipelines.stage import ItemContext, Stage
+from rendering.mesh_io import load_world_mesh, world_mesh_glb_bytes
+
+EVALSET_OBJECTS = "objects"
+
+
+@dataclass(kw_only=True)
+class PredictorOptions:
+    """Which predictor and its options (shared by predict, benchmark and nightly)."""
+
+    predictor: Literal["oracle", "visual-hull", "mesh-dir", "instantmesh"] = "visual-hull"
+    """oracle: the GT (sanity); visual-hull: weight-free CPU baseline; mesh-dir: meshes of another
+    method; instantmesh: the LRM (needs --checkpoint)."""
+    variant: str | None = None
+    """Model variant (instantmesh: instant-mesh-large, instant-nerf-base, ...)."""
+    checkpoint: str | None = None
+    """Checkpoint file for model predictors."""
+    mesh_dir: str | None = None
+    """mesh-dir: folder with <uid>.glb/.obj/.ply meshes."""
+    convention: str | None = None
+    """mesh-dir: axis convention of those meshes (evaluation.alignment names)."""
+    resolution: int = 64
+    """visual-hull: voxel grid resolution."""
+    gpus_per_worker: float = field(default=1.0, metadata=NO_HASH)
+    """GPUs per predictor actor for GPU predictors (when the cluster has GPUs)."""
+
+
+@dataclass(kw_only=True)
+class MetricOptions:
+    """How predictions are rendered and scored (shared by evaluate, benchmark and nightly)."""
+
+    backend: Literal["cpu", "nvdiffrast"] = "cpu"
+    """Renderer for the predictions (match how the GT views were rendered: cpu by default)."""
+    lpips_net: str = "vgg"
+    """LPIPS backbone: vgg (default), alex, squeeze; 'none' to skip. Weights must be cached
+    locally ($TORCH_HOME); when absent LPIPS is reported unavailable (null), never invented."""
+    n_points: int = 16000
+    """Surface samples per mesh for Chamfer / F-Score."""
+    fscore_threshold: float = 0.2
+    """F-Score threshold (normalized units; paper: 0.2)."""
+    icp: bool = False
+    """Refine the alignment with ICP before metrics (off: the paper protocol)."""
+    seed: int = 0
+    """Sampling seed."""
+
+
+@dataclass(kw_only=True)
+class JobOptions:
+    run: RunOptions = field(default_factory=RunOptions, metadata=NO_HASH)
+    """Execution settings (workers, shard size, progress)."""
+    address: str | None = field(default=None, metadata=NO_HASH)
+    """Ray cluster address; default: RAY_ADDRESS if set, else a local embedded Ray."""
+
+
+@dataclass(kw_only=True)
+class PredictConfig(PredictorOptions, JobOptions):
+    """Run a predictor over an evaluation set (one actor per worker; resumable)."""
+
+    evalset: str
+    """Evaluation set directory written by `imesh evalset` (holds manifest.parquet, objects/)."""
+    out: str
+    """Run directory (URL): predictions/, eval_renders/, metrics/, run.json."""
+
+
+@dataclass(kw_only=True)
+class EvaluateConfig(MetricOptions, JobOptions):
+    """Metrics of a run's predictions against its evaluation set -> run records (Parquet)."""
+
+    evalset: str
+    """Evaluation set directory (the one the predictions were made on)."""
+    out: str
+    """Run directory (the `imesh predict --out`)."""
+
+
+@dataclass(kw_only=True)
+class BenchmarkConfig(PredictorOptions, MetricOptions, JobOptions):
+    """Predict + evaluate on one or more evaluation sets, then write the report."""
+
+    evalsets: list[str]
+    """Evaluation set directories (e.g. evalsets/gso evalsets/omni3d)."""
+    out: str
+    """Run directory."""
+    report: bool = True
+    """Also write tables.md / tables.tex / report.html into <out>/report."""
+
+
+def _subset(cls: type[Any], cfg: Any, **extra: Any) -> Any:
+    from dataclasses import fields
+
+    names = {f.name for f in fields(cls)}
+    values = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name in names}
+    return cls(**{**values, **extra})
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation set access
+
+
+def evalset_dataset(evalset: str) -> str:
+    info = json.loads(storage.read_text(storage.join(evalset, "evalset.json")))
+    return str(info["dataset"])
+
+
+def evalset_manifest(evalset: str) -> pa.Table:
+    return read_manifest(storage.join(evalset, "manifest.parquet"))
+
+
+def object_dir(evalset: str, uid: str) -> Path:
+    if not storage.is_local(evalset):
+        raise ConfigError(f"evaluation set {evalset}: must be a local or mounted directory")
+    return Path(storage.join(evalset, EVALSET_OBJECTS, storage.check_uid(uid)))
+
+
+# ----------------------------------------------------------------------------------------------
+# predict
+
+
+PREDICT_SCHEMA = pa.schema(
+    [("n_vertices", pa.int64()), ("n_faces", pa.int64()), ("convention", pa.string())]
+)
+
+
+def _predictor_setup(cfg: PredictConfig) -> Any:
+    options: dict[str, Any] = {}
+    if cfg.predictor == "visual-hull":
+        options["resolution"] = cfg.resolution
+    elif cfg.predictor == "mesh-dir":
+        options = {"root": cfg.mesh_dir, "convention": cfg.convention}
+    elif cfg.predictor == "instantmesh":
+        options = {"variant": cfg.variant, "checkpoint": cfg.checkpoint}
+    return make_predictor(cfg.predictor, **options)
+
+
+def predict_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
+    from evaluation.alignment import apply_convention
+
+    cfg: PredictConfig = ctx.config
+    assert ctx.scratch_dir is not None
+    folder = object_dir(cfg.evalset, ctx.uid)
+    item = PredictorInput(ctx.uid, row.get("source") or "", folder)
+    prediction = ctx.state.predict(item)
+    world = apply_convention(prediction.mesh, prediction.convention)
+    (ctx.scratch_dir / "mesh.glb").write_bytes(world_mesh_glb_bytes(world))
+    info = {"convention": prediction.convention, "predictor": cfg.predictor, **prediction.info}
+    (ctx.scratch_dir / "prediction.json").write_text(json.dumps(info, indent=1, default=str))
+    return {
+        "n_vertices": len(world.vertices),
+        "n_faces": len(world.faces),
+        "convention": prediction.convention,
+    }
+
+
+def predict_stage(cfg: PredictConfig, dataset: str) -> Stage:
+    gpus = 0.0
+    if cfg.predictor in GPU_PREDICTORS:
+        import ray
+
+        if ray.cluster_resources().get("GPU", 0) > 0:
+            gpus = cfg.gpus_per_worker
+    return Stage(
+        name=f"predict-{dataset}",
+        process=predict_item,
+        result_schema=PREDICT_SCHEMA,
+        item_output=f"predictions/{dataset}",
+        setup=_predictor_setup,
+        num_gpus=gpus,
+    )
+
+
+def run_predict(cfg: PredictConfig) -> StageReport:
+    """Predict every evaluation-set object (Ray must be initialised)."""
+    if cfg.predictor not in PREDICTORS:
+        raise ConfigError(
+            f"unknown predictor {cfg.predictor!r}; choose one of {sorted(PREDICTORS)}"
+        )
+    if cfg.predictor == "mesh-dir" and not cfg.mesh_dir:
+        raise ConfigError("--predictor mesh-dir needs --mesh-dir <folder of <uid>.glb/.obj>")
+    dataset = evalset_dataset(cfg.evalset)
+    _setup_check = _predictor_setup(cfg)  # fail fast in the driver on bad options
+    _setup_check.close()
+    return run_stage(
+        predict_stage(cfg, dataset), cfg, evalset_manifest(cfg.evalset), cfg.out, cfg.run
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluate
+
+
+EVALUATE_SCHEMA = pa.schema(
+    [
+        ("view_set", pa.list_(pa.string())),
+        ("view", pa.list_(pa.int32())),
+        ("psnr", pa.list_(pa.float64())),
+        ("ssim", pa.list_(pa.float64())),
+        ("lpips", pa.list_(pa.float64())),
+        ("chamfer", pa.float64()),
+        ("fscore", pa.float64()),
+        ("precision", pa.float64()),
+        ("recall", pa.float64()),
+    ]
+)
+
+
+def _lpips_setting(cfg: EvaluateConfig) -> str | None:
+    """The LPIPS backbone to use, or None when disabled or its weights are not cached."""
+    if cfg.lpips_net.lower() == "none":
+        return None
+    if cfg.lpips_net.endswith("random") or cfg.lpips_net == "random":
+        return cfg.lpips_net
+    from evaluation.metrics import lpips_backbone_path
+
+    return cfg.lpips_net if lpips_backbone_path(cfg.lpips_net).is_file() else None
+
+
+def _evaluate_setup(cfg: EvaluateConfig) -> Any:
+    from rendering.backends import RenderSettings, make_backend
+
+    return make_backend(cfg.backend, RenderSettings(shading="unlit"))
+
+
+def evaluate_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
+    cfg: EvaluateConfig = ctx.config
+    assert ctx.scratch_dir is not None
+    dataset = evalset_dataset(cfg.evalset)
+    pred_url = storage.join(cfg.out, "predictions", dataset, ctx.uid)
+    if storage.read_marker(pred_url) is None:
+        raise PredictionMissing(f"no finished prediction for {ctx.uid} at {pred_url}")
+    pred = load_world_mesh(Path(pred_url) / "mesh.glb")
+    options = EvalOptions(
+        lpips_net=_lpips_setting(cfg),
+        n_points=cfg.n_points,
+        fscore_threshold=cfg.fscore_threshold,
+        seed=cfg.seed,
+        icp=cfg.icp,
+    )
+    result = evaluate_object(pred, object_dir(cfg.evalset, ctx.uid), ctx.state, options)
+    out: dict[str, list[Any]] = {k: [] for k in ("view_set", "view", "psnr", "ssim", "lpips")}
+    for vs, metrics in result.views.items():
+        (ctx.scratch_dir / vs).mkdir()
+        for i, image in enumerate(result.renders[vs]):
+            (ctx.scratch_dir / vs / f"{i:03d}.png").write_bytes(png_bytes(image))
+        n = len(metrics["psnr"])
+        out["view_set"] += [vs] * n
+        out["view"] += list(range(n))
+        for k in ("psnr", "ssim", "lpips"):
+            out[k] += [float(x) for x in metrics[k]]
+    t = cfg.fscore_threshold
+    geo = result.geometry
+    return {
+        **out,
+        "chamfer": geo["chamfer"],
+        "fscore": geo[f"fscore@{t:g}"] if f"fscore@{t:g}" in geo else geo[f"fscore@{t}"],
+        "precision": geo[f"precision@{t:g}"]
+        if f"precision@{t:g}" in geo
+        else geo[f"precision@{t}"],
+        "recall": geo[f"recall@{t:g}"] if f"recall@{t:g}" in geo else geo[f"recall@{t}"],
+    }
+
+
+def evaluate_stage(dataset: str) -> Stage:
+    return Stage(
+        name=f"evaluate-{dataset}",
+        process=evaluate_item,
+        result_schema=EVALUATE_SCHEMA,
+        item_output=f"eval_renders/{dataset}",
+        setup=_evaluate_setup,
+    )
+
+
+def _predict_info(out: str, dataset: str) -> dict[str, Any]:
+    cfg_url = storage.join(out, f"predict-{dataset}", "config.yaml")
+    if not storage.exists(cfg_url):
+        raise ConfigError(
+            f"{out}: no predictions for dataset {dataset!r} (run `imesh predict` first)"
+        )
+    import yaml
+
+    data: dict[str, Any] = yaml.safe_load(storage.read_text(cfg_url)) or {}
+    return data
+
+
+def compile_run_records(cfg: EvaluateConfig, dataset: str, report: StageReport) -> RunRecords:
+    """Merge this dataset's predict + evaluate outcomes into the run's records."""
+    predict_cfg = _predict_info(cfg.out, dataset)
+    pconf = predict_cfg.get("config", predict_cfg)
+    predictor = str(pconf.get("predictor", "unknown"))
+    lpips = _lpips_setting(cfg)
+    try:
+        previous: RunRecords | None = read_run(cfg.out)
+    except RunRecordError:
+        previous = None
+    run_id = previous.run_id if previous else Path(cfg.out.rstrip("/")).name or "run"
+    info = RunInfo(
+        run_id=run_id,
+        predictor=predictor,
+        variant=pconf.get("variant"),
+        datasets=sorted(set((previous.info.datasets if previous else []) + [dataset])),
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        config={"predict": pconf, "evaluate": _plain(asdict(cfg))},
+        versions=_versions(),
+        git_commit=git_commit(),
+        lpips_backbone=lpips,
+        lpips_available=lpips is not None and not lpips.endswith("random"),
+    )
+    status = read_parquet(report.status_uri).to_pylist()
+    results = {r["uid"]: r for r in read_parquet(report.results_uri).to_pylist()}
+    pstatus = {
+        r["uid"]: r
+        for r in read_parquet(
+            storage.join(cfg.out, f"predict-{dataset}", "status.parquet")
+        ).to_pylist()
+    }
+    image_rows, geo_rows, obj_rows = [], [], []
+    for s in status:
+        uid = s["uid"]
+        ids = {"dataset": dataset, "uid": uid}
+        p = pstatus.get(uid)
+        if s["status"] != "ok":
+            cause = p if p is not None and p["status"] != "ok" else s
+            obj_rows.append(
+                {
+                    **ids,
+                    "status": "failed",
+                    "error_type": cause["error_type"],
+                    "error": cause["error"],
+                }
+            )
+            continue
+        r = results[uid]
+        obj_rows.append({**ids, "status": "ok", "error_type": None, "error": None})
+        for vs, view, ps, ss, lp in zip(
+            r["view_set"], r["view"], r["psnr"], r["ssim"], r["lpips"], strict=True
+        ):
+            image_rows.append(
+                {
+                    **ids,
+                    "view_set": vs,
+                    "view": view,
+                    "psnr": ps,
+                    "ssim": ss,
+                    "lpips": None
+                    if (lp is None or np.isnan(lp) or not info.lpips_available)
+                    else lp,
+                    "pred_uri": storage.join(
+                        cfg.out, "eval_renders", dataset, uid, vs, f"{view:03d}.png"
+                    ),
+                    "gt_uri": storage.join(
+                        cfg.evalset, EVALSET_OBJECTS, uid, vs, f"{view:03d}.png"
+                    ),
+                }
+            )
+        geo_rows.append(
+            {
+                **ids,
+                "chamfer": r["chamfer"],
+                "fscore": r["fscore"],
+                "precision": r["precision"],
+                "recall": r["recall"],
+                "fscore_threshold": cfg.fscore_threshold,
+            }
+        )
+    if previous is not None:
+        keep = lambda t: [x for x in t.to_pylist() if x["dataset"] != dataset]  # noqa: E731
+        image_rows = keep(previous.image_metrics) + image_rows
+        geo_rows = keep(previous.geometry_metrics) + geo_rows
+        obj_rows = keep(previous.objects) + obj_rows
+        for rows in (image_rows, geo_rows, obj_rows):
+            for x in rows:
+                x["run_id"], x["predictor"] = run_id, predictor
+    records = RunRecords.from_rows(info, image_rows, geo_rows, obj_rows)
+    write_run_records(cfg.out, records)
+    return records
+
+
+def run_evaluate(cfg: EvaluateConfig) -> tuple[StageReport, RunRecords]:
+    """Evaluate every prediction of the run on this evaluation set and write the run records."""
+    dataset = evalset_dataset(cfg.evalset)
+    _predict_info(cfg.out, dataset)
+    report = run_stage(
+        evaluate_stage(dataset), cfg, evalset_manifest(cfg.evalset), cfg.out, cfg.run
+    )
+    return report, compile_run_records(cfg, dataset, report)
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(d, default=str))
+
+
+def _versions() -> dict[str, str | None]:
+    from pipelines import __version__
+
+    out: dict[str, str | None] = {"python": platform.python_version(), "package": __version__}
+    try:
+        import torch
+
+        out["torch"] = torch.__version__
+    except ImportError:
+        out["torch"] = None
+    return out
+
+
+def run_benchmark(cfg: BenchmarkConfig) -> tuple[list[StageReport], RunRecords]:
+    """Predict and evaluate every evaluation set into one run (Ray must be initialised)."""
+    if not cfg.evalsets:
+        raise ConfigError("--evalsets needs at least one evaluation set directory")
+    reports: list[StageReport] = []
+    records: RunRecords | None = None
+    for evalset in cfg.evalsets:
+        reports.append(run_predict(_subset(PredictConfig, cfg, evalset=evalset)))
+        report, records = run_evaluate(_subset(EvaluateConfig, cfg, evalset=evalset))
+        reports.append(report)
+    assert records is not None
+    if cfg.report:
+        from pipelines.report import ReportConfig, run_report
+
+        run_report(ReportConfig(runs=[cfg.out], out=storage.join(cfg.out, "report")))
+    return reports, records

@@ -1,0 +1,71 @@
+"""``imesh compare``: compare a new evaluation run with a baseline run (nightly regression).
+
+Pairs objects by uid, computes per-metric paired deltas with bootstrap confidence intervals
+and verdicts against thresholds (:mod:`evaluation.compare`), prints the Markdown summary and,
+with ``out``, writes ``compare.md``, ``compare.json`` and ``compare_config.yaml`` there.
+
+Exit codes: **0** no regression; **3** regression (a metric regressed beyond its threshold with
+its confidence interval below zero, or more objects newly failed than ``max_new_failures``);
+2 bad input (missing/malformed run directory or thresholds file: an
+:class:`evaluation.run_records.EvaluationInputError`, a ``ValueError``, reported as exit 2
+once ``pipelines.errors.USER_ERRORS`` lists it); 1 unexpected error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipelines import storage
+from pipelines.configs import NO_HASH, write_resolved_config
+
+REGRESSION_EXIT_CODE = 3
+"""Exit code of ``imesh compare`` when the new run regressed (distinct from 1 and 2)."""
+
+
+@dataclass
+class CompareConfig:
+    """Compare a new evaluation run with a baseline run; exit 3 on regression, else 0."""
+
+    baseline: str
+    """Baseline run directory (URL) with run.json and metrics/*.parquet."""
+    new: str
+    """New run directory (URL) to check against the baseline."""
+    thresholds: str | None = None
+    """Thresholds YAML (URL): '{metric: {max_drop: x}}' per metric (psnr, ssim, lpips, chamfer, fscore), 'max_new_failures: n', optional 'bootstrap: {resamples, confidence, seed}'; keys it omits keep the defaults of evaluation/data/default_thresholds.yaml (psnr 0.5 dB, ssim 0.01, lpips 0.01, chamfer 0.005, fscore 0.01, max_new_failures 0)."""
+    out: str | None = None
+    """Directory (URL) to write compare.md, compare.json and compare_config.yaml; default: print only."""
+    print_summary: bool = field(default=True, metadata=NO_HASH)
+    """Print the Markdown summary to the terminal."""
+
+
+def run_compare(cfg: CompareConfig) -> int:
+    """Compare the runs; returns 0 (no regression) or 3 (:data:`REGRESSION_EXIT_CODE`)."""
+    from evaluation.compare import compare_runs, load_thresholds
+    from evaluation.run_records import read_run
+
+    thresholds = load_thresholds(cfg.thresholds)
+    baseline = read_run(cfg.baseline)
+    new = read_run(cfg.new)
+    result = compare_runs(baseline, new, thresholds)
+    markdown = result.to_markdown()
+    if cfg.out:
+        storage.makedirs(cfg.out)
+        storage.atomic_write_text(storage.join(cfg.out, "compare.md"), markdown)
+        storage.atomic_write_text(storage.join(cfg.out, "compare.json"), result.to_json())
+        write_resolved_config(cfg, storage.join(cfg.out, "compare_config.yaml"))
+
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    console = Console()
+    if cfg.print_summary:
+        console.print(Markdown(markdown))
+    if result.regressed:
+        console.print(
+            f"[bold red]compare: REGRESSION[/] ({len(result.regressions)} metric(s), "
+            f"{result.n_new_failures} newly failed or missing object(s)); exit "
+            f"{REGRESSION_EXIT_CODE}"
+        )
+        return REGRESSION_EXIT_CODE
+    console.print("compare: no regression")
+    return 0

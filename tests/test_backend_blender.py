@@ -1,0 +1,418 @@
+"""The ``blender`` backend (persistent Blender worker): analytic renders, axis conventions,
+failure handling (corrupt files, timeouts, crashes, recycling) and the worker protocol.
+
+Skipped as a whole where ``bpy`` is not installed. Images are 32-96 px with 1-4 samples; one
+module-scoped backend serves the rendering tests, the failure tests start their own workers
+(~1 s each).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+from PIL import Image
+
+if importlib.util.find_spec("bpy") is None:
+    pytest.skip(
+        "bpy (Blender as a Python module) is not installed: "
+        "pip install 'instantmesh-pipeline[render]'",
+        allow_module_level=True,
+    )
+
+from rendering.backends import (
+    BackendUnavailable,
+    RenderError,
+    RenderObject,
+    RenderSettings,
+    RenderTimeout,
+    make_backend,
+    prepare_object,
+)
+from rendering.backends.blender import BlenderBackend, raw_to_view
+from rendering.cameras import Camera, camera_from_spherical
+from rendering.normalize import Y_UP_TO_Z_UP
+from rendering.procedural import glb_bytes, textured
+
+SETTINGS = RenderSettings(samples=2, shading="unlit", threads=2, timeout_s=120.0)
+TEXTURE_RGB = (200, 60, 30)
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[BlenderBackend]:
+    b = BlenderBackend(SETTINGS)
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("blender_assets")
+    box = trimesh.creation.box(extents=[2.0, 2.0, 2.0])
+    cube = textured(
+        trimesh.Trimesh(box.vertices, box.faces, process=False),
+        Image.new("RGB", (8, 8), TEXTURE_RGB),
+    )
+    paths = {"cube": root / "cube.glb"}
+    paths["cube"].write_bytes(glb_bytes(cube))
+    data = paths["cube"].read_bytes()
+    paths["truncated"] = root / "truncated.glb"
+    paths["truncated"].write_bytes(data[: len(data) // 2])
+    paths["garbage"] = root / "garbage.glb"
+    paths["garbage"].write_bytes(b"glTF\x02\x00\x00\x00" + os.urandom(64))
+    return paths
+
+
+def _cube(assets: dict[str, Path]) -> RenderObject:
+    obj, _ = prepare_object(assets["cube"])
+    return obj
+
+
+# -- analytic renders ----------------------------------------------------------------------
+
+
+def test_hello_reports_secure_worker(backend: BlenderBackend) -> None:
+    hello = backend.start()
+    assert hello["auto_exec"] is False
+    assert hello["blender_version"].startswith("5.")
+    assert hello["device"] == "CPU" or hello["gpus"]
+    assert ".blend" not in hello["suffixes"]
+    assert backend.worker_pid == hello["pid"]
+
+
+def test_cube_depth_normal_coverage_colour(
+    backend: BlenderBackend, assets: dict[str, Path]
+) -> None:
+    """The normalized cube spans [-1, 1]^3: from distance 3 its front face is at depth 2."""
+    fov = 60.0
+    cams = [
+        camera_from_spherical(0, 0, 3.0, fov, 64),
+        camera_from_spherical(90, 0, 3.0, fov, 64),
+        camera_from_spherical(0, 90, 3.0, fov, 64),
+        camera_from_spherical(180, -90, 3.0, fov, 64),
+    ]
+    views = backend.render(_cube(assets), cams)
+    assert len(views) == 4
+    expected_normals = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (0, 0, -1)]
+    # the front face's half-width projects to tan(a) = 1/2 against tan(fov/2)
+    side = 64 * 0.5 / math.tan(math.radians(fov / 2))
+    coverage = (side / 64) ** 2
+    tolerance = 4 * side / 64**2  # one pixel ring around the square
+    for view, n in zip(views, expected_normals, strict=True):
+        assert view.rgba.dtype == np.float32 and view.depth.dtype == np.float32
+        centre = (slice(28, 36), slice(28, 36))
+        np.testing.assert_allclose(view.depth[centre], 2.0, atol=1e-3)
+        np.testing.assert_allclose(view.normal[centre], np.broadcast_to(n, (8, 8, 3)), atol=1e-3)
+        assert abs(view.coverage - coverage) <= tolerance, (view.coverage, coverage)
+        assert np.isinf(view.depth[0, 0]) and np.isinf(view.depth[-1, -1])
+        assert not view.normal[0, 0].any() and view.rgba[0, 0, 3] == 0.0
+        finite = np.isfinite(view.depth)
+        np.testing.assert_allclose(np.linalg.norm(view.normal[finite], axis=-1), 1.0, atol=1e-4)
+        # unlit: the pixel is the texture's sRGB colour
+        np.testing.assert_allclose(
+            view.rgba[32, 32], [*(c / 255 for c in TEXTURE_RGB), 1.0], atol=1.0 / 255
+        )
+        assert 0.0 <= view.rgba.min() and view.rgba.max() <= 1.0
+    t = backend.last_timings
+    assert {"import_s", "render_s", "total_s", "start_s"} <= set(t)
+    assert t["total_s"] >= t["render_s"] > 0
+
+
+def test_horizontal_fov_on_non_square_image(
+    backend: BlenderBackend, assets: dict[str, Path]
+) -> None:
+    """fov_deg is horizontal: the face's width in pixels follows width / 2 / tan(fov / 2)."""
+    fov, w, h = 60.0, 80, 40
+    cam = camera_from_spherical(0, 0, 3.0, fov, (w, h))
+    (view,) = backend.render(_cube(assets), [cam])
+    assert view.rgba.shape == (h, w, 4)
+    width_px = view.mask[h // 2].sum()
+    assert abs(width_px - w * 0.5 / math.tan(math.radians(fov / 2))) <= 1.0
+    assert view.mask[:, w // 2].all()  # taller than the frame (square pixels)
+
+
+def test_renders_are_deterministic(backend: BlenderBackend, assets: dict[str, Path]) -> None:
+    cam = camera_from_spherical(30, 20, 3.0, 50, 32)
+    a = backend.render(_cube(assets), [cam])[0]
+    b = backend.render(_cube(assets), [cam])[0]
+    np.testing.assert_array_equal(a.rgba, b.rgba)
+    np.testing.assert_array_equal(a.depth, b.depth)
+
+
+def test_lit_shading(backend: BlenderBackend, assets: dict[str, Path]) -> None:
+    """Lit: uniform white environment; a convex diffuse-ish face comes out near its colour."""
+    cam = camera_from_spherical(0, 0, 3.0, 60, 32)
+    unlit = backend.render(_cube(assets), [cam])[0]
+    original = backend.settings
+    backend.settings = dataclasses.replace(original, shading="lit", samples=4)
+    try:
+        lit = backend.render(_cube(assets), [cam])[0]
+    finally:
+        backend.settings = original
+    np.testing.assert_array_equal(lit.depth, unlit.depth)
+    assert np.abs(lit.rgba[16, 16, :3] - unlit.rgba[16, 16, :3]).max() < 0.15
+
+
+# -- axis conventions ----------------------------------------------------------------------
+
+
+def _l_shape_world() -> trimesh.Trimesh:
+    """A column along world Z, an arm at the top towards +Y, a foot at the bottom towards +X."""
+    parts = []
+    for extents, centre in (
+        ((0.4, 0.4, 2.0), (0.0, 0.0, 0.0)),
+        ((0.4, 0.8, 0.4), (0.0, 0.6, 0.8)),
+        ((0.8, 0.4, 0.4), (0.6, 0.0, -0.8)),
+    ):
+        box = trimesh.creation.box(extents=extents)
+        box.apply_translation(centre)
+        parts.append(box)
+    mesh = trimesh.util.concatenate(parts)
+    assert isinstance(mesh, trimesh.Trimesh)
+    return mesh
+
+
+@pytest.mark.parametrize("suffix", [".glb", ".obj", ".ply", ".stl"])
+def test_axis_convention(backend: BlenderBackend, tmp_path: Path, suffix: str) -> None:
+    """The file is written in its format's convention (Y up for glTF/OBJ, Z up for PLY/STL);
+    the render must show the world shape: tall, arm to the right seen from +x (image right =
+    +y), foot to the left seen from +y (image right = -x), nearest faces at depth 2.4."""
+    world = _l_shape_world()
+    to_file = np.linalg.inv(Y_UP_TO_Z_UP) if suffix in (".glb", ".obj") else np.eye(4)
+    file_mesh = world.copy()
+    file_mesh.apply_transform(to_file)
+    path = tmp_path / f"l_shape{suffix}"
+    if suffix == ".glb":
+        path.write_bytes(glb_bytes(file_mesh))
+    else:
+        file_mesh.export(path)
+    obj, _ = prepare_object(path)
+    # normalized: x, y in [-0.6, 0.6] (column at -0.4), z in [-1, 1]
+    cams = [camera_from_spherical(0, 0, 3.0, 60, 48), camera_from_spherical(90, 0, 3.0, 60, 48)]
+    front, side = backend.render(obj, cams)
+    for view in (front, side):
+        rows, cols = np.nonzero(view.mask)
+        assert np.ptp(rows) > 1.4 * np.ptp(cols), "the column must look tall (world Z up)"
+        assert float(np.nanmin(np.where(np.isfinite(view.depth), view.depth, np.nan))) == (
+            pytest.approx(2.4, abs=1e-3)
+        )
+
+    def mean_col(view_mask: np.ndarray, band: slice) -> float:
+        return float(np.nonzero(view_mask[band])[1].mean())
+
+    top, bottom = slice(4, 14), slice(34, 44)
+    assert mean_col(front.mask, top) > mean_col(front.mask, bottom) + 4  # arm towards +y
+    assert mean_col(side.mask, bottom) < mean_col(side.mask, top) - 4  # foot towards +x
+
+
+# -- failures ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["truncated", "garbage"])
+def test_corrupt_file_keeps_worker(
+    backend: BlenderBackend, assets: dict[str, Path], name: str
+) -> None:
+    backend.start()
+    started, pid = backend.workers_started, backend.worker_pid
+    obj = RenderObject(path=assets[name], file_to_world=np.eye(4))
+    with pytest.raises(RenderError) as info:
+        backend.render(obj, [camera_from_spherical(0, 0, 3.0, 50, 32)])
+    assert str(assets[name]) in str(info.value)
+    assert "import" in str(info.value)
+    views = backend.render(_cube(assets), [camera_from_spherical(0, 0, 3.0, 50, 32)])
+    assert views[0].coverage > 0.5
+    assert backend.workers_started == started and backend.worker_pid == pid
+
+
+def test_refuses_blend_and_missing_files(backend: BlenderBackend, tmp_path: Path) -> None:
+    blend = tmp_path / "scene.blend"
+    blend.write_bytes(b"BLENDER-v500")
+    cam = camera_from_spherical(0, 0, 3.0, 50, 32)
+    with pytest.raises(RenderError, match=r"scene\.blend.*refused"):
+        backend.render(RenderObject(path=blend, file_to_world=np.eye(4)), [cam])
+    with pytest.raises(RenderError, match="no such file"):
+        backend.render(RenderObject(path=tmp_path / "missing.glb", file_to_world=np.eye(4)), [cam])
+
+
+def test_worker_protocol_refuses_blend(tmp_path: Path) -> None:
+    """Talk to a bare worker: handshake, .blend refusal, malformed input, orderly exit."""
+    blend = tmp_path / "scene.blend"
+    blend.write_bytes(b"BLENDER-v500")
+    requests = [
+        {"op": "render", "id": 1, "path": str(blend), "out_dir": str(tmp_path / "o")},
+        {"op": "bogus", "id": 2},
+        {"op": "exit", "id": 3},
+    ]
+    stdin = "".join(json.dumps(r) + "\n" for r in requests[:2]) + "not json\n"
+    stdin += json.dumps(requests[2]) + "\n"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rendering.backends.blender_worker", "--device", "cpu"],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    replies = [json.loads(line) for line in proc.stdout.splitlines()]  # nothing but JSON
+    assert [r["op"] for r in replies] == ["hello", "result", "result", "result", "bye"]
+    hello = replies[0]
+    assert hello["ok"] and hello["auto_exec"] is False and hello["device"] == "CPU"
+    assert not replies[1]["ok"] and "refusing to open a .blend" in replies[1]["error"]
+    assert not replies[2]["ok"] and "unknown op" in replies[2]["error"]
+    assert not replies[3]["ok"] and "malformed" in replies[3]["error"]
+
+
+def test_timeout_kills_and_respawns(assets: dict[str, Path]) -> None:
+    settings = RenderSettings(samples=32, shading="lit", threads=2, timeout_s=0.05)
+    cams = [camera_from_spherical(a, 20, 3.0, 50, 96) for a in (0, 90, 180, 270)]
+    with BlenderBackend(settings) as b:
+        b.start()
+        old_pid = b.worker_pid
+        assert old_pid is not None
+        with pytest.raises(RenderTimeout, match=r"cube\.glb"):
+            b.render(_cube(assets), cams)
+        assert b.timeouts == 1 and b.worker_pid is None
+        assert not _alive(old_pid)
+        b.timeout_s = 120.0
+        views = b.render(_cube(assets), cams[:1])
+        assert views[0].coverage > 0.3
+        assert b.workers_started == 2 and b.objects_rendered == 1
+
+
+def test_crash_mid_render_reports_and_respawns(assets: dict[str, Path]) -> None:
+    settings = RenderSettings(samples=64, shading="lit", threads=2, timeout_s=120.0)
+    cams = [camera_from_spherical(a, 20, 3.0, 50, 128) for a in (0, 90, 180, 270)]
+    with BlenderBackend(settings) as b:
+        pid = b.start()["pid"]
+        timer = threading.Timer(0.3, os.kill, (pid, signal.SIGSEGV))
+        timer.start()
+        try:
+            with pytest.raises(RenderError, match=r"cube\.glb.*died.*SIGSEGV") as info:
+                b.render(_cube(assets), cams)
+        finally:
+            timer.cancel()
+        assert "log tail" in str(info.value)
+        # a worker that died between objects is replaced silently
+        idle_pid = b.start()["pid"]
+        os.kill(idle_pid, signal.SIGKILL)
+        time.sleep(0.2)
+        b.settings = dataclasses.replace(settings, samples=1)
+        assert b.render(_cube(assets), cams[:1])[0].coverage > 0.3
+        assert b.workers_started == 3
+
+
+def test_recycles_after_max_objects(assets: dict[str, Path]) -> None:
+    cam = camera_from_spherical(0, 0, 3.0, 50, 32)
+    with BlenderBackend(SETTINGS, max_objects_per_worker=2) as b:
+        pids = []
+        for _ in range(3):
+            b.render(_cube(assets), [cam])
+            pids.append(b.worker_pid)
+        assert b.workers_started == 2 and b.objects_rendered == 3
+        assert pids[0] == pids[1] != pids[2]
+        assert pids[0] is not None and not _alive(pids[0])
+
+
+def test_close_stops_worker_and_cleans_scratch(assets: dict[str, Path]) -> None:
+    b = make_backend("blender", SETTINGS)
+    assert isinstance(b, BlenderBackend) and b.name == "blender"
+    assert b.worker_pid is None  # lazy: nothing started yet
+    b.render(_cube(assets), [camera_from_spherical(0, 0, 3.0, 50, 32)])
+    pid, scratch = b.worker_pid, b.log_path.parent if b.log_path else None
+    assert pid is not None and scratch is not None and scratch.is_dir()
+    b.close()
+    assert b.worker_pid is None and not _alive(pid) and not scratch.exists()
+
+
+def test_client_modules_do_not_import_bpy() -> None:
+    code = (
+        "import sys, rendering.backends.blender, rendering.backends.blender_worker; "
+        "print('bpy' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU may be present")
+def test_gpu_requested_without_gpu_is_unavailable() -> None:
+    with (
+        BlenderBackend(dataclasses.replace(SETTINGS, device="gpu")) as b,
+        pytest.raises(BackendUnavailable, match="no OPTIX or CUDA device"),
+    ):
+        b.start()
+
+
+def test_unavailable_without_bpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rendering.backends.blender as blender_module
+
+    monkeypatch.setattr(blender_module, "bpy_available", lambda: False)
+    with pytest.raises(BackendUnavailable, match=r"pip install 'instantmesh-pipeline\[render\]'"):
+        BlenderBackend(SETTINGS)
+
+
+def test_raw_to_view_conventions() -> None:
+    """Unpremultiplied sRGB colour, +inf background depth, unit normals facing the camera."""
+    cam = Camera.from_c2w(np.eye(4), 90.0, 2)  # looks down -z
+    raw = np.zeros((2, 2, 8), np.float32)
+    raw[..., 4] = 1e10
+    raw[0, 0] = [0.1, 0.1, 0.1, 0.5, 3.0, 0.0, 0.0, 0.5]  # normal +z faces the camera
+    raw[0, 1] = [0.2, 0.0, 0.0, 1.0, 2.0, 0.0, 0.0, -2.0]  # normal -z faces away: flipped
+    view = raw_to_view(raw, cam)
+    np.testing.assert_allclose(view.rgba[0, 0], [0.4845, 0.4845, 0.4845, 0.5], atol=1e-3)
+    np.testing.assert_allclose(view.normal[0, 0], [0, 0, 1])
+    np.testing.assert_allclose(view.normal[0, 1], [0, 0, 1])
+    assert view.depth[0, 0] == 3.0 and np.isinf(view.depth[1]).all()
+    assert not view.normal[1].any() and view.coverage == 0.5
+
+
+# -- slow ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_worker_memory_is_bounded(assets: dict[str, Path]) -> None:
+    """100 objects x 4 views in one worker (10-20 s): resident memory stays flat (no per-object
+    leak; measured 458 -> 460 MB)."""
+    cams = [camera_from_spherical(a, 20, 3.0, 50, 64) for a in (0, 90, 180, 270)]
+    with BlenderBackend(SETTINGS) as b:
+        rss = []
+        for i in range(100):
+            b.render(_cube(assets), cams)
+            if i in (10, 99):
+                assert b.worker_pid is not None
+                rss.append(_rss_mb(b.worker_pid))
+        assert b.workers_started == 1
+        print(f"worker RSS after 11 / 100 objects: {rss[0]:.0f} / {rss[1]:.0f} MB")
+        assert rss[1] - rss[0] < 40, rss
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return not (status.exists() and "State:\tZ" in status.read_text())
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
