@@ -18,6 +18,7 @@ pipeline turns that into a failed status row and the report counts the object as
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import tempfile
 from collections.abc import Sequence
@@ -35,7 +36,6 @@ from evaluation.metrics import image_metrics
 from rendering.backends import prepare_object
 from rendering.cameras import Camera
 from rendering.mesh_io import load_world_mesh, world_mesh_glb_bytes
-from rendering.normalize import normalize_mesh
 from rendering.output_layouts import read_record, rgba_u8
 
 EVAL_VIEW_SETS = ("orbit", "benchmark")
@@ -79,13 +79,18 @@ def to_world(mesh: trimesh.Trimesh, convention: str) -> trimesh.Trimesh:
     return apply_convention(mesh, convention)
 
 
-def render_mesh(backend: Any, mesh_world: trimesh.Trimesh, cameras: Sequence[Camera]) -> list[Any]:
-    """Render a mesh given in world coordinates, normalized like the GT, with ``backend``."""
-    normalized, _ = normalize_mesh(mesh_world, source_up="z")
+def render_mesh(
+    backend: Any, mesh_world: trimesh.Trimesh, cameras: Sequence[Camera], object_scale: float = 1.0
+) -> list[Any]:
+    """Render a mesh given in world coordinates with ``backend``, placed like the GT views'
+    object: normalized into [-1, 1]^3 (``prepare_object``), then scaled by ``object_scale``."""
     with tempfile.TemporaryDirectory(prefix="imesh-pred-") as tmp:
         path = Path(tmp) / "pred.glb"
-        path.write_bytes(world_mesh_glb_bytes(normalized))
+        path.write_bytes(world_mesh_glb_bytes(mesh_world))
         obj, _ = prepare_object(path)
+        if object_scale != 1.0:
+            scale = np.diag([object_scale] * 3 + [1.0])
+            obj = dataclasses.replace(obj, file_to_world=scale @ obj.file_to_world)
         return list(backend.render(obj, cameras))
 
 
@@ -105,7 +110,7 @@ def evaluate_object(
         cams = view_set_cameras(object_dir, vs)
         files = record["view_sets"][vs]["files"]
         gt_images = np.stack([read_rgba(object_dir / vs / f"{f}.png") for f in files])
-        rendered = render_mesh(backend, pred_world, cams)
+        rendered = render_mesh(backend, pred_world, cams, float(record.get("object_scale", 1.0)))
         pred_u8 = [rgba_u8(v) for v in rendered]
         pred_images = np.stack(pred_u8).astype(np.float32) / 255.0
         m = image_metrics(

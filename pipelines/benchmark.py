@@ -128,7 +128,8 @@ class BenchmarkConfig(PredictorOptions, MetricOptions, JobOptions):
     """Also write tables.md / tables.tex / report.html into <out>/report."""
 
 
-def _subset(cls: type[Any], cfg: Any, **extra: Any) -> Any:
+def subset_config(cls: type[Any], cfg: Any, **extra: Any) -> Any:
+    """An instance of config class ``cls`` with the same-named fields of ``cfg`` (+ ``extra``)."""
     from dataclasses import fields
 
     names = {f.name for f in fields(cls)}
@@ -451,12 +452,14 @@ def run_benchmark(cfg: BenchmarkConfig) -> tuple[list[StageReport], RunRecords]:
     reports: list[StageReport] = []
     records: RunRecords | None = None
     for evalset in cfg.evalsets:
-        reports.append(run_predict(_subset(PredictConfig, cfg, evalset=evalset)))
-        report, records = run_evaluate(_subset(EvaluateConfig, cfg, evalset=evalset))
+        reports.append(run_predict(subset_config(PredictConfig, cfg, evalset=evalset)))
+        report, records = run_evaluate(subset_config(EvaluateConfig, cfg, evalset=evalset))
         reports.append(report)
     assert records is not None
     if cfg.report:
         from pipelines.report import ReportConfig, run_report
 
-        run_report(ReportConfig(runs=[cfg.out], out=storage.join(cfg.out, "report")))
+        run_report(
+            ReportConfig(runs=[cfg.out], out=storage.join(cfg.out, "report"), print_tables=False)
+        )
     return reports, records

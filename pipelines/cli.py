@@ -236,6 +236,19 @@ def _run_benchmark(cfg: Any) -> int:
     return 0
 
 
+def _run_nightly(cfg: Any) -> int:
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from pipelines.nightly import run_nightly
+    from pipelines.ray_session import ray_session
+
+    with ray_session(cfg.address):
+        code, summary = run_nightly(cfg)
+    Console().print(Markdown(summary))
+    return code
+
+
 def _run_module(module: str, attr: str) -> Callable[[Any], int | None]:
     def run(cfg: Any) -> int | None:
         fn: Callable[[Any], int | None] = _lazy(module, attr)()
@@ -283,6 +296,11 @@ COMMANDS: dict[str, Command] = {
         _lazy("pipelines.benchmark", "BenchmarkConfig"),
         _run_benchmark,
         "predict + evaluate on one or more evaluation sets, then the report.",
+    ),
+    "nightly": Command(
+        _lazy("pipelines.nightly", "NightlyConfig"),
+        _run_nightly,
+        "Nightly regression: evaluation subset -> run -> compare with baseline; exit 3 on regression.",
     ),
     "report": Command(
         _lazy("pipelines.report", "ReportConfig"),

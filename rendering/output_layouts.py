@@ -38,6 +38,7 @@ axes (camera looks down -Z, +Y up), FOV horizontal in degrees: see ``rendering.c
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -62,6 +63,14 @@ LAYOUT_DIRS: dict[str, str] = {
 """Layout name -> output folder (under the job's output root)."""
 
 DEFAULT_SIZES: dict[str, int] = {"instantmesh32": 512, "zero123pp": 320, "eval": 320}
+
+UNIT_SPHERE_SCALE = 1.0 / math.sqrt(3.0)
+"""Scale that puts the normalized box [-1, 1]^3 inside the unit sphere. The Zero123++ / eval
+cameras (FOV 30, distance 4.0: the LRM's input-camera model) see a half-width of 4 tan 15 deg =
+1.07 at the origin, so a box-filling object would lose its corners in most views; scaled into
+the unit sphere (needs distance >= 1 / sin 15 deg = 3.86) it stays in frame from every
+direction. The training layout keeps scale 1 (the upstream contract: [-1, 1]^3 at FOV 50,
+distance 2-3.5; see ``rendering.cameras``)."""
 
 DEPTH_PNG_MAX = 6.0
 """Metric depth that maps to the top code of the depth PNGs (upstream: value / 255 * 6.0)."""
@@ -97,6 +106,9 @@ class LayoutSpec:
     benchmark_views: int = 16
     white_background: bool = False
     """Background colour of the RGB channels under alpha 0 (Zero123++ layout: white)."""
+    object_scale: float = 1.0
+    """Uniform scale applied to the normalized object before rendering (recorded in
+    ``render.json``; :data:`UNIT_SPHERE_SCALE` for the zero123pp and eval layouts)."""
 
 
 def layout_spec(layout: str, size: int | None = None, seed: int = 0, **kwargs: Any) -> LayoutSpec:
@@ -107,7 +119,7 @@ def layout_spec(layout: str, size: int | None = None, seed: int = 0, **kwargs: A
         size=int(size or DEFAULT_SIZES[layout]),
         seed=seed,
         white_background=layout == "zero123pp",
-        **kwargs,
+        **{"object_scale": 1.0 if layout == "instantmesh32" else UNIT_SPHERE_SCALE, **kwargs},
     )
 
 
@@ -296,6 +308,10 @@ def render_layout(
     ``file_to_world``, right when the cameras were made in the file's frame)."""
     if transforms_to_world is None:
         transforms_to_world = np.asarray(obj.file_to_world)
+    if spec.object_scale != 1.0:
+        scale = np.diag([spec.object_scale] * 3 + [1.0])
+        obj = dataclasses.replace(obj, file_to_world=scale @ np.asarray(obj.file_to_world))
+        transforms_to_world = scale @ transforms_to_world
     import time
 
     record: dict[str, Any] = {
@@ -304,6 +320,7 @@ def render_layout(
         "backend": getattr(backend, "name", type(backend).__name__),
         "file_to_world": np.asarray(obj.file_to_world).tolist(),
         "source_up": obj.source_up,
+        "object_scale": spec.object_scale,
         "camera_convention": CAMERA_CONVENTION,
         "depth_png_max": DEPTH_PNG_MAX,
         "view_sets": {},

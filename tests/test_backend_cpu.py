@@ -202,6 +202,33 @@ def test_quad_diagonal_leaves_no_cracks() -> None:
     assert view.mask[lo : hi + 1, lo : hi + 1].all()
 
 
+def test_no_cracks_where_edges_run_through_pixel_centres() -> None:
+    """A heightfield whose vertices project (up to rounding) onto pixel centres, so that the
+    centres on its horizontal, vertical and diagonal edges sit on an edge in exact arithmetic:
+    every interior centre must be covered, and nothing outside the grid."""
+    cam = camera_from_spherical(33.0, 17.0, 3.0, FOV, 128)
+    k, c2w_cv = cam.intrinsics(), np.linalg.inv(cam.w2c_opencv())
+    n, step, first = 24, 4, 16
+    centres = np.arange(n + 1) * step + first + 0.5
+    uu, vv = np.meshgrid(centres, centres)
+    z = np.random.default_rng(0).uniform(2.0, 4.0, uu.shape)  # depth varies per vertex
+    cam_pts = np.stack([(uu - k[0, 2]) / k[0, 0] * z, (vv - k[1, 2]) / k[1, 1] * z, z], -1)
+    world = cam_pts.reshape(-1, 3) @ c2w_cv[:3, :3].T + c2w_cv[:3, 3]
+    idx = np.arange((n + 1) ** 2).reshape(n + 1, n + 1)
+    a, b, c, d = (
+        idx[:-1, :-1].ravel(),
+        idx[:-1, 1:].ravel(),
+        idx[1:, 1:].ravel(),
+        idx[1:, :-1].ravel(),
+    )
+    faces = np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)])
+    view = rasterize(trimesh.Trimesh(world, faces, process=False), cam)
+    last = first + n * step
+    assert view.mask[first + 1 : last, first + 1 : last].all()
+    assert view.mask.sum() <= (last - first + 1) ** 2  # nothing outside the grid's box
+    assert not view.mask[:first].any() and not view.mask[:, :first].any()
+
+
 def test_shared_edges_get_bitwise_identical_edge_functions() -> None:
     """The crack-free guarantee: both triangles of a shared edge evaluate the same canonical
     edge function (same endpoint, same edge vector) and use opposite signs."""

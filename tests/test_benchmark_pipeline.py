@@ -163,3 +163,35 @@ def test_missing_predictions_are_failed_objects(evalsets: dict[str, Any], tmp_pa
     assert missing["status"] == "failed" and missing["error_type"] == "PredictionMissing"
     assert {r["uid"] for r in records.image_metrics.to_pylist()} == {gso_objects[0].name}
     assert not math.isnan(records.geometry_metrics["chamfer"].to_pylist()[0])
+
+
+def test_nightly_passes_then_catches_a_deliberately_degraded_predictor(
+    evalsets: dict[str, Any], tmp_path: Path
+) -> None:
+    from pipelines.nightly import NightlyConfig, run_nightly
+
+    def nightly(name: str, resolution: int) -> tuple[int, str]:
+        return run_nightly(
+            NightlyConfig(
+                evalsets=[str(evalsets["out"] / "gso"), str(evalsets["out"] / "omni3d")],
+                out=str(tmp_path / "nightly"),
+                predictor="visual-hull",
+                resolution=resolution,
+                lpips_net="none",
+                n_points=3000,
+                name=name,
+                run=OPTS,
+            )
+        )
+
+    code, summary = nightly("n1", 40)
+    assert code == 0 and "now the baseline" in summary
+    assert (tmp_path / "nightly" / "BASELINE").read_text().strip().endswith("n1")
+    code, summary = nightly("n2", 40)  # same predictor: no regression
+    assert code == 0, summary
+    # A degraded predictor (an 8^3 voxel hull is a blob) must fail the nightly job.
+    code, summary = nightly("n3", 8)
+    assert code == 3, summary
+    assert "REGRESSION" in summary
+    assert (tmp_path / "nightly" / "latest.md").read_text() == summary
+    assert (tmp_path / "nightly" / "runs" / "n3" / "report" / "report.html").is_file()
