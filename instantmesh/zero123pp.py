@@ -100,7 +100,8 @@ MIN_IMAGE_SIDE = 16
 
 LATENT_SHIFT = 0.22
 LATENT_SCALE = 0.75
-IMAGE_SCALE = 0.5 / 0.8
+IMAGE_HALF_RANGE = 0.5
+IMAGE_RANGE = 0.8
 
 _REF_WRITE = "write"
 _REF_READ = "read"
@@ -122,12 +123,12 @@ def unscale_latents(latents: torch.Tensor) -> torch.Tensor:
 
 def scale_image(image: torch.Tensor) -> torch.Tensor:
     """An image in [-1, 1] -> [-0.625, 0.625], the range the target grids are encoded from."""
-    return image * IMAGE_SCALE
+    return image * IMAGE_HALF_RANGE / IMAGE_RANGE
 
 
 def unscale_image(image: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`scale_image`."""
-    return image / IMAGE_SCALE
+    """Inverse of :func:`scale_image` (same operation order as upstream, bit for bit)."""
+    return image / IMAGE_HALF_RANGE * IMAGE_RANGE
 
 
 # ----------------------------------------------------------------------------------------------

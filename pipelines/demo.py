@@ -4,7 +4,13 @@ Steps (each resumable; re-running the demo on the same ``--out`` skips finished 
 
 1. ``fixtures``: procedural Objaverse-shaped cache + Cap3D CSV + GSO/Omni3D-shaped folders;
 2. ``ingest``: the Objaverse cache -> ``manifests/objaverse.parquet``;
-3. ``inspect``: every object loaded, validated and measured on Ray -> status + results Parquet.
+3. ``inspect``: every object loaded, validated and measured on Ray;
+4. ``filter``: the five criteria (cascade) -> ``filter/filtered_obj_name.json`` + funnel;
+5. ``render``: the kept objects' 32 training views (Blender Cycles when bpy is installed, else
+   the CPU rasterizer; small size and few samples so it stays fast on 2 cores);
+6. ``evalset``: GSO- and Omni3D-shaped evaluation sets (GT meshes + GT views);
+7. ``benchmark``: ``visual-hull`` and ``oracle`` predictions -> metrics -> run records ->
+   paper-style tables + HTML report.
 
 It ends with a summary of what happened and where the outputs are.
 """
@@ -13,17 +19,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
+import pyarrow as pa
 import pyarrow.compute as pc
 from rich.console import Console
 from rich.table import Table
 
-from pipelines import storage
+from pipelines.benchmark import BenchmarkConfig, run_benchmark
 from pipelines.configs import NO_HASH, write_resolved_config
+from pipelines.evalset import EvalsetConfig, run_evalset
+from pipelines.filter import FilterConfig, FilterResult, run_filter
 from pipelines.fixtures import FixturesConfig, fixture_paths, make_fixtures
 from pipelines.ingest import IngestConfig, run_ingest
 from pipelines.inspect_meshes import InspectConfig, run_inspect
 from pipelines.ray_session import ray_session
+from pipelines.render import RenderConfig, run_render
+from pipelines.report import ReportConfig, run_report
 from pipelines.runner import RunOptions, StageReport
 from pipelines.schema import read_parquet
 from pipelines.summary import errors_table, stage_table
@@ -37,10 +49,26 @@ class DemoConfig:
     """Output directory (local) for fixtures, manifests, stage outputs and status tables."""
     seed: int = 0
     """Seed of the procedural fixtures."""
+    render_backend: Literal["auto", "blender", "cpu"] = "auto"
+    """Training renders: blender (Cycles CPU) when bpy is installed (auto), else cpu."""
+    render_size: int = 96
+    """Training render size in pixels (the real layout uses 512)."""
+    render_samples: int = 4
+    """Cycles samples per pixel for the demo's training renders."""
+    eval_size: int = 96
+    """Evaluation view size in pixels (the paper uses 320)."""
     run: RunOptions = field(default_factory=RunOptions, metadata=NO_HASH)
     """Execution settings (workers, shard size, progress)."""
     address: str | None = field(default=None, metadata=NO_HASH)
     """Ray cluster address; default: RAY_ADDRESS if set, else a local embedded Ray."""
+
+
+def _backend(cfg: DemoConfig) -> Literal["blender", "cpu"]:
+    if cfg.render_backend != "auto":
+        return cfg.render_backend
+    from rendering.backends import unavailable_reason
+
+    return "blender" if unavailable_reason("blender") is None else "cpu"
 
 
 def run_demo(cfg: DemoConfig, console: Console | None = None) -> list[StageReport]:
@@ -49,12 +77,12 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> list[StageRepor
     out.mkdir(parents=True, exist_ok=True)
     write_resolved_config(cfg, str(out / "demo.config.yaml"))
 
-    console.print(f"[bold]1/3 fixtures[/] -> {out / 'fixtures'}")
+    console.print(f"[bold]1/7 fixtures[/] -> {out / 'fixtures'}")
     record = make_fixtures(FixturesConfig(out=str(out / "fixtures"), seed=cfg.seed))
     paths = fixture_paths(out / "fixtures")
 
     manifest_uri = str(out / "manifests" / "objaverse.parquet")
-    console.print(f"[bold]2/3 ingest[/] -> {manifest_uri}")
+    console.print(f"[bold]2/7 ingest[/] -> {manifest_uri}")
     manifest = run_ingest(
         IngestConfig(
             out=manifest_uri, cache=str(paths["objaverse_cache"]), captions=str(paths["captions"])
@@ -64,17 +92,89 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> list[StageRepor
         f"    {manifest.num_rows} objects, "
         f"{manifest.num_rows - manifest['caption'].null_count} with captions"
     )
-
-    console.print(f"[bold]3/3 inspect[/] on Ray -> {out / 'inspect'}")
+    reports: list[StageReport] = []
     with ray_session(cfg.address):
+        console.print(f"[bold]3/7 inspect[/] on Ray -> {out / 'inspect'}")
         report = run_inspect(
             InspectConfig(manifest=manifest_uri, out=str(out), run=cfg.run, address=cfg.address)
         )
-    reports = [report]
+        reports.append(report)
+        _inspect_summary(console, report, record)
 
+        console.print(f"[bold]4/7 filter[/] -> {out / 'filter'}")
+        filtered = run_filter(
+            FilterConfig(out=str(out / "filter"), manifest=manifest_uri, run=cfg.run)
+        )
+        reports += filtered.reports
+        _filter_summary(console, filtered, record)
+
+        backend = _backend(cfg)
+        console.print(f"[bold]5/7 render[/] 32 training views ({backend}) -> {out / 'renders'}")
+        kept = filtered.decisions.filter(filtered.decisions["kept"])["uid"].to_pylist()
+        table = manifest.filter(pa.array([u in set(kept) for u in manifest["uid"].to_pylist()]))
+        reports.append(
+            run_render(
+                RenderConfig(
+                    out=str(out / "renders"),
+                    backend=backend,
+                    size=cfg.render_size,
+                    samples=cfg.render_samples,
+                    run=cfg.run,
+                ),
+                manifest=table,
+            )
+        )
+
+        console.print(f"[bold]6/7 evalset[/] GSO- and Omni3D-shaped -> {out / 'evalsets'}")
+        for dataset, root in (("gso", paths["gso"]), ("omni3d", paths["omni3d"])):
+            reports.append(
+                run_evalset(
+                    EvalsetConfig(
+                        dataset=dataset,  # type: ignore[arg-type]
+                        root=str(root),
+                        out=str(out / "evalsets"),
+                        size=cfg.eval_size,
+                        run=cfg.run,
+                    )
+                )
+            )
+
+        console.print(f"[bold]7/7 benchmark[/] visual-hull and oracle -> {out / 'runs'}")
+        evalsets = [str(out / "evalsets" / "gso"), str(out / "evalsets" / "omni3d")]
+        for predictor in ("visual-hull", "oracle"):
+            run_reports, _ = run_benchmark(
+                BenchmarkConfig(
+                    evalsets=evalsets,
+                    out=str(out / "runs" / predictor),
+                    predictor=predictor,  # type: ignore[arg-type]
+                    n_points=4000,
+                    report=False,
+                    run=cfg.run,
+                )
+            )
+            reports += run_reports
+    run_report(
+        ReportConfig(
+            runs=[str(out / "runs" / "visual-hull"), str(out / "runs" / "oracle")],
+            out=str(out / "report"),
+        )
+    )
     console.print(stage_table(reports))
-    if report.errors:
-        console.print(errors_table(report.errors))
+    for r in reports:
+        if r.errors:
+            console.print(errors_table(r.errors, title=f"{r.stage}: failures by cause"))
+    console.print(
+        "outputs:\n"
+        f"  filter:     {out / 'filter'}/filtered_obj_name.json, funnel.md, filter_decisions.parquet\n"
+        f"  renders:    {out / 'renders' / 'rendering_random_32views'}/<uid>/\n"
+        f"  evalsets:   {out / 'evalsets'}/{{gso,omni3d}}/objects/<uid>/\n"
+        f"  runs:       {out / 'runs'}/{{visual-hull,oracle}}/metrics/*.parquet\n"
+        f"  report:     {out / 'report'}/tables.md, tables.tex, report.html"
+    )
+    return reports
+
+
+def _inspect_summary(console: Console, report: StageReport, record: dict[str, Any]) -> None:
     results = read_parquet(report.results_uri)
     if results.num_rows:
         summary = Table(title="inspected objects")
@@ -94,5 +194,17 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> list[StageRepor
         f"failed objects: {report.failed} (the fixtures include {expected_unreadable} "
         "deliberately truncated GLB)"
     )
-    console.print(f"outputs: {storage.join(str(out), 'inspect')}/{{status,results}}.parquet")
-    return reports
+
+
+def _filter_summary(console: Console, filtered: FilterResult, record: dict[str, Any]) -> None:
+    rows = {r["uid"]: r for r in filtered.decisions.to_pylist()}
+    wrong = [
+        o["kind"]
+        for o in record["objaverse"]
+        if rows[o["uid"]]["kept"] != (not o["expected_reasons"])
+        or rows[o["uid"]]["reasons"][:1] != o["expected_reasons"][:1]
+    ]
+    console.print(
+        f"    kept {filtered.kept} of {len(rows)}; fixtures landing where built to land: "
+        f"{len(rows) - len(wrong)}/{len(rows)}" + (f" (wrong: {wrong})" if wrong else "")
+    )

@@ -92,8 +92,14 @@ def fixture_uid(seed: int, key: str) -> str:
     return hashlib.sha256(f"imesh-fixture:{seed}:{key}".encode()).hexdigest()[:32]
 
 
+GOOD_SHAPES = tuple(sh for sh in pg.SHAPES if sh != "capsule")
+"""Shapes of the objects built to pass the filter. A capsule's seeded proportions reach an
+aspect ratio of ~3.4; seen nearly end-on from 3.5 units it covers ~10 % of the image, so it
+can land on either side of the ``tiny_in_view`` threshold: not a clean positive."""
+
+
 def _good(seed: int, i: int) -> trimesh.Trimesh:
-    shape = pg.SHAPES[i % len(pg.SHAPES)]
+    shape = GOOD_SHAPES[i % len(GOOD_SHAPES)]
     pattern = pg.TEXTURE_PATTERNS[i % len(pg.TEXTURE_PATTERNS)]
     return pg.textured(pg.make_shape(shape, seed * 1000 + i), pg.make_texture(pattern, seed + i))
 
@@ -123,7 +129,7 @@ def objaverse_objects(cfg: FixturesConfig) -> list[FixtureObject]:
         objs.append(FixtureObject(uid, kind, reasons, mesh, shard=f"000-{i % 2:03d}", **kw))
 
     for i in range(cfg.n_positives):
-        shape = pg.SHAPES[i % len(pg.SHAPES)]
+        shape = GOOD_SHAPES[i % len(GOOD_SHAPES)]
         add(
             f"good_{i:02d}",
             "good",

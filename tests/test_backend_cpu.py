@@ -383,6 +383,16 @@ def test_texture_convention_survives_a_glb_round_trip(tmp_path: Path) -> None:
     assert_quadrants(view)
 
 
+def test_texture_convention_for_obj_files(tmp_path: Path) -> None:
+    """OBJ ``vt`` has its origin at the bottom-left too; trimesh loads a ``SimpleMaterial``."""
+    (tmp_path / "quad.obj").write_text(procedural.obj_text(textured_quad(), "quad.mtl"))
+    (tmp_path / "quad.mtl").write_text(procedural.mtl_text("quad.png"))
+    (tmp_path / "quad.png").write_bytes(procedural.png_bytes(quadrant_texture()))
+    scene = load_scene(tmp_path / "quad.obj")
+    assert any(isinstance(g.visual.material, SimpleMaterial) for g in scene.geometry.values())
+    assert_quadrants(rasterize(scene, side_camera()))
+
+
 def test_base_color_factor_multiplies_the_texture() -> None:
     view = rasterize(textured_quad(factor=(0.5, 1.0, 0.25, 1.0)), side_camera())
     assert_quadrants(view, scale=(128 / 255, 1.0, 64 / 255))  # factors stored as uint8

@@ -64,6 +64,8 @@ class FakeDr:
         def __init__(self, device: Any = None) -> None:
             self.device = device
 
+    TILE = 8
+
     @staticmethod
     def rasterize(
         ctx: Any, pos: torch.Tensor, tri: torch.Tensor, resolution: tuple[int, int], **_: Any
@@ -72,41 +74,72 @@ class FakeDr:
         assert tri.dtype == torch.int32 and pos.is_contiguous() and tri.is_contiguous()
         h, w = resolution
         t = tri.long()
-        fx = (2.0 / w) * torch.arange(w, dtype=torch.float64) + (1.0 / w - 1.0)
-        fy = (2.0 / h) * torch.arange(h, dtype=torch.float64) + (1.0 / h - 1.0)
-        gy, gx = torch.meshgrid(fy, fx, indexing="ij")
-        gx, gy = gx.reshape(-1, 1), gy.reshape(-1, 1)  # row 0 = NDC y -1 (the bottom)
-        out = torch.zeros((pos.shape[0], h * w, 4), dtype=torch.float32)
+        out = torch.zeros((pos.shape[0], h, w, 4), dtype=torch.float32)
         for b in range(pos.shape[0]):
             p = pos[b].double()
-            v0, v1, v2 = p[t[:, 0]], p[t[:, 1]], p[t[:, 2]]  # (F, 4)
-            p0x, p0y = v0[:, 0] - gx * v0[:, 3], v0[:, 1] - gy * v0[:, 3]  # (N, F)
-            p1x, p1y = v1[:, 0] - gx * v1[:, 3], v1[:, 1] - gy * v1[:, 3]
-            p2x, p2y = v2[:, 0] - gx * v2[:, 3], v2[:, 1] - gy * v2[:, 3]
-            a0 = p1x * p2y - p1y * p2x
-            a1 = p2x * p0y - p2y * p0x
-            a2 = p0x * p1y - p0y * p1x
-            total = a0 + a1 + a2
-            pos_side = (a0 >= 0) & (a1 >= 0) & (a2 >= 0)
-            neg_side = (a0 <= 0) & (a1 <= 0) & (a2 <= 0)
-            inside = (pos_side | neg_side) & (total != 0)
-            zw = (v0[:, 2] * a0 + v1[:, 2] * a1 + v2[:, 2] * a2) / (
-                v0[:, 3] * a0 + v1[:, 3] * a1 + v2[:, 3] * a2
-            )
-            inside &= (zw >= -1) & (zw <= 1)
-            zw = torch.where(inside, zw, torch.full_like(zw, math.inf))
-            best = zw.min(dim=1, keepdim=True).values
-            hit = torch.isfinite(best[:, 0])
-            cand = (zw == best) & inside
-            idx = torch.where(cand, torch.arange(zw.shape[1]), zw.shape[1]).min(dim=1).values
-            idx_safe = idx.clamp_max(zw.shape[1] - 1)[:, None]
-            tot = total.gather(1, idx_safe)[:, 0]
-            b0 = (a0.gather(1, idx_safe)[:, 0] / tot).clamp(0, 1)
-            b1 = (a1.gather(1, idx_safe)[:, 0] / tot).clamp(0, 1)
-            res = torch.stack([b0, b1, best[:, 0], (idx + 1).double()], dim=1)
-            out[b] = torch.where(hit[:, None], res, torch.zeros_like(res)).float()
-        out = out.reshape(pos.shape[0], h, w, 4)
+            assert (p[:, 3] > 0).all(), "the fake does not clip"
+            verts = p[t]  # (F, 3, 4)
+            # face bounding boxes in pixel units (column, row from the bottom), for culling
+            px = (verts[..., 0] / verts[..., 3] + 1) * w / 2 - 0.5
+            py = (verts[..., 1] / verts[..., 3] + 1) * h / 2 - 0.5
+            lo_x, hi_x = px.min(1).values, px.max(1).values
+            lo_y, hi_y = py.min(1).values, py.max(1).values
+            for ty in range(0, h, FakeDr.TILE):
+                for tx in range(0, w, FakeDr.TILE):
+                    ty1, tx1 = min(ty + FakeDr.TILE, h), min(tx + FakeDr.TILE, w)
+                    near = (hi_x >= tx - 1) & (lo_x <= tx1) & (hi_y >= ty - 1) & (lo_y <= ty1)
+                    faces = torch.nonzero(near).squeeze(1)
+                    if faces.numel() == 0:
+                        continue
+                    out[b, ty:ty1, tx:tx1] = FakeDr._tile(
+                        verts[faces], faces, tx, tx1, ty, ty1, w, h
+                    )
         return out, torch.zeros((pos.shape[0], h, w, 0))
+
+    @staticmethod
+    def _tile(
+        verts: torch.Tensor,
+        faces: torch.Tensor,
+        tx: int,
+        tx1: int,
+        ty: int,
+        ty1: int,
+        w: int,
+        h: int,
+    ) -> torch.Tensor:
+        """rasterize.cu's per-pixel arithmetic for pixels [ty, ty1) x [tx, tx1) and ``faces``."""
+        fx = (2.0 / w) * torch.arange(tx, tx1, dtype=torch.float64) + (1.0 / w - 1.0)
+        fy = (2.0 / h) * torch.arange(ty, ty1, dtype=torch.float64) + (1.0 / h - 1.0)
+        gy, gx = torch.meshgrid(fy, fx, indexing="ij")
+        gx, gy = gx.reshape(-1, 1), gy.reshape(-1, 1)  # row 0 = NDC y -1 (the bottom)
+        v0, v1, v2 = verts[:, 0], verts[:, 1], verts[:, 2]  # (G, 4)
+        p0x, p0y = v0[:, 0] - gx * v0[:, 3], v0[:, 1] - gy * v0[:, 3]  # (N, G)
+        p1x, p1y = v1[:, 0] - gx * v1[:, 3], v1[:, 1] - gy * v1[:, 3]
+        p2x, p2y = v2[:, 0] - gx * v2[:, 3], v2[:, 1] - gy * v2[:, 3]
+        a0 = p1x * p2y - p1y * p2x
+        a1 = p2x * p0y - p2y * p0x
+        a2 = p0x * p1y - p0y * p1x
+        total = a0 + a1 + a2
+        pos_side = (a0 >= 0) & (a1 >= 0) & (a2 >= 0)
+        neg_side = (a0 <= 0) & (a1 <= 0) & (a2 <= 0)
+        inside = (pos_side | neg_side) & (total != 0)
+        zw = (v0[:, 2] * a0 + v1[:, 2] * a1 + v2[:, 2] * a2) / (
+            v0[:, 3] * a0 + v1[:, 3] * a1 + v2[:, 3] * a2
+        )
+        inside &= (zw >= -1) & (zw <= 1)
+        zw = torch.where(inside, zw, torch.full_like(zw, math.inf))
+        best = zw.min(dim=1, keepdim=True).values
+        hit = torch.isfinite(best[:, 0])
+        n = zw.shape[1]
+        # exact depth ties: the lowest triangle id (faces are in increasing order)
+        k = torch.where((zw == best) & inside, torch.arange(n), n).min(dim=1).values
+        k_safe = k.clamp_max(n - 1)[:, None]
+        tot = total.gather(1, k_safe)[:, 0]
+        b0 = (a0.gather(1, k_safe)[:, 0] / tot).clamp(0, 1)
+        b1 = (a1.gather(1, k_safe)[:, 0] / tot).clamp(0, 1)
+        res = torch.stack([b0, b1, best[:, 0], (faces[k_safe[:, 0]] + 1).double()], dim=1)
+        res = torch.where(hit[:, None], res, torch.zeros_like(res)).float()
+        return res.reshape(ty1 - ty, tx1 - tx, 4)
 
     @staticmethod
     def interpolate(
@@ -228,8 +261,9 @@ def check_view_invariants(view: View) -> None:
 def compare_with_cpu(
     backend: nvb.NvdiffrastBackend, obj: RenderObject, cams: list[Camera]
 ) -> list[dict[str, float]]:
-    """Render ``obj`` with ``backend`` and the cpu backend; per view: mask IoU, max depth error
-    and mean normal angle on the common mask, mean colour error inside the eroded mask."""
+    """Render ``obj`` with ``backend`` and the cpu backend; per view: mask IoU, max depth error,
+    mean normal angle (deg) and the fraction of normals off by > 1 deg on the common mask, mean
+    colour error inside the common mask eroded by 2 px."""
     ours = backend.render(obj, cams)
     ref = CpuBackend(RenderSettings(shading="unlit")).render(obj, cams)
     stats = []
@@ -243,6 +277,7 @@ def compare_with_cpu(
                 "iou": iou(a.mask, b.mask),
                 "depth_max": float(np.abs(a.depth[common] - b.depth[common]).max()),
                 "normal_deg": float(np.degrees(np.arccos(cos)).mean()),
+                "normal_outliers": float((np.degrees(np.arccos(cos)) > 1.0).mean()),
                 "colour_mae": float(np.abs(a.rgba[interior] - b.rgba[interior]).mean()),
             }
         )
@@ -253,7 +288,10 @@ def assert_agrees_with_cpu(stats: list[dict[str, float]], colour_mae: float) -> 
     for s in stats:
         assert s["iou"] > 0.99, stats
         assert s["depth_max"] < 1e-3, stats
-        assert s["normal_deg"] < 0.5, stats
+        # identical face normals; only crease / silhouette pixels whose centre sits within
+        # nvdiffrast's 1/16 px vertex snapping of an edge may land on the neighbouring face
+        assert s["normal_outliers"] < 0.02, stats
+        assert s["normal_deg"] < 2.0, stats
         assert s["colour_mae"] < colour_mae, stats
 
 
@@ -496,9 +534,10 @@ def test_gpu_analytic_depth_normals_and_texture_orientation(
     np.testing.assert_allclose(cube.depth[cube.mask], 3.0, atol=1e-4)  # the whole face x = 1
     np.testing.assert_allclose(cube.normal[32, 32], [1.0, 0.0, 0.0], atol=1e-5)
     sphere = real_backend.render(textured_sphere(tmp_path / "sphere.glb"), [cam])[0]
-    # a facetted unit sphere: the centre pixel is on a facet at most ~2e-3 inside the sphere
+    # the optical axis meets the icosphere at a vertex (on the unit sphere); the facet normals
+    # there lean up to ~5 deg (half a facet) from the radial direction
     assert 3.0 - 1e-4 < sphere.depth[32, 32] < 3.0 + 5e-3
-    np.testing.assert_allclose(sphere.normal[32, 32], [1.0, 0.0, 0.0], atol=0.1)
+    np.testing.assert_allclose(sphere.normal[32, 32], [1.0, 0.0, 0.0], atol=0.12)
     assert_quadrants(real_backend.render(quadrant_quad(tmp_path / "quad.glb"), [cam])[0])
     wide = camera_from_spherical(0.0, 0.0, 10.0, 30.0, (96, 48))
     rows, cols = np.nonzero(real_backend.render(textured_cube(tmp_path / "c2.glb"), [wide])[0].mask)

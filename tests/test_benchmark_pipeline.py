@@ -18,7 +18,9 @@ OPTS = RunOptions(workers=1, shard_size=4, progress=False)
 
 
 @pytest.fixture(scope="module")
-def evalsets(fixture_set: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def evalsets(
+    fixture_set: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     from pipelines.evalset import EvalsetConfig, run_evalset
 
     out = tmp_path_factory.mktemp("evalsets")

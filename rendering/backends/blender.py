@@ -142,6 +142,17 @@ def raw_to_view(raw: np.ndarray, camera: Camera) -> View:
     depth = np.where(background, np.inf, depth_raw).astype(np.float32)
 
     normal = raw[..., 5:8].astype(np.float64)
+    # Cycles' Depth pass takes one sample per pixel while alpha is averaged, so a few silhouette
+    # pixels (~0.1 %) are covered (alpha >= 0.5) yet have background depth. Give them the depth
+    # and normal of the nearest pixel with a surface sample, so depth is finite in the mask.
+    holes = (alpha >= 0.5) & background
+    if holes.any() and not background.all():
+        from scipy.ndimage import distance_transform_edt
+
+        _, (rows, cols) = distance_transform_edt(background, return_indices=True)
+        depth = np.where(holes, depth[rows, cols], depth).astype(np.float32)
+        normal = np.where(holes[..., None], normal[rows, cols], normal)
+        background = background & ~holes
     length = np.linalg.norm(normal, axis=-1)
     valid = (length > 1e-6) & ~background
     normal = np.where(valid[..., None], normal / np.maximum(length, 1e-12)[..., None], 0.0)

@@ -249,6 +249,17 @@ def _batches(cameras: Sequence[Camera], n_vertices: int) -> list[list[int]]:
     return out
 
 
+def _empty_view(camera: Camera) -> View:
+    """A view with nothing in it (transparent, depth ``+inf``, normals 0)."""
+    h, w = camera.height, camera.width
+    return View(
+        rgba=np.zeros((h, w, 4), np.float32),
+        depth=np.full((h, w), np.inf, np.float32),
+        normal=np.zeros((h, w, 3), np.float32),
+        camera=camera,
+    )
+
+
 class NvdiffrastBackend:
     """GPU rasterizer backend (registry name ``nvdiffrast``); see the module docstring.
 
@@ -287,10 +298,21 @@ class NvdiffrastBackend:
             return []
         try:
             gpu = _GpuMesh.upload(mesh, self.device)
-            views: list[View] = []
-            for batch in _batches(cameras, 3 * mesh.n_faces):
-                views += self._render_batch(gpu, [cameras[i] for i in batch])
-            return views
+            planes = [depth_range(gpu.bounds, cam) for cam in cameras]
+            # cameras that see the object at all (the others get an empty view)
+            seen = [i for i, p in enumerate(planes) if p is not None]
+            views: list[View | None] = [
+                None if p is not None else _empty_view(cam)
+                for cam, p in zip(cameras, planes, strict=True)
+            ]
+            for batch in _batches([cameras[i] for i in seen], 3 * mesh.n_faces):
+                idx = [seen[j] for j in batch]
+                rendered = self._render_batch(
+                    gpu, [cameras[i] for i in idx], [planes[i] for i in idx]
+                )
+                for i, view in zip(idx, rendered, strict=True):
+                    views[i] = view
+            return [v for v in views if v is not None]
         except RenderError:
             raise
         except torch.cuda.OutOfMemoryError as e:
@@ -300,18 +322,19 @@ class NvdiffrastBackend:
         except RuntimeError as e:
             raise RenderError(f"{obj.path}: nvdiffrast failed: {e}") from e
 
-    def _render_batch(self, mesh: _GpuMesh, cameras: list[Camera]) -> list[View]:
+    def _render_batch(
+        self, mesh: _GpuMesh, cameras: list[Camera], planes: list[tuple[float, float] | None]
+    ) -> list[View]:
+        """Render cameras of one image size in one instanced nvdiffrast call."""
         dr, device = self._dr, self.device
         width, height = cameras[0].width, cameras[0].height
-        n = len(cameras)
-        clip_from_world = np.zeros((n, 4, 4))
-        visible = np.ones(n, dtype=bool)
-        for b, cam in enumerate(cameras):
-            planes = depth_range(mesh.bounds, cam)
-            if planes is None:  # everything behind the camera: an empty view
-                visible[b] = False
-                planes = (1.0, 2.0)
-            clip_from_world[b] = projection_matrix(cam, *planes) @ cam.w2c
+        clip_from_world = np.stack(
+            [
+                projection_matrix(cam, *p) @ cam.w2c
+                for cam, p in zip(cameras, planes, strict=True)
+                if p is not None
+            ]
+        )
         m = torch.from_numpy(clip_from_world).to(device)
         v = mesh.vertices
         # Elementwise (no matmul): identical vertices give bitwise identical clip positions.
@@ -325,7 +348,6 @@ class NvdiffrastBackend:
         del clip
         rast, _ = dr.rasterize(self._ctx, pos, mesh.tri, resolution=(height, width))
         face = decode_triangle_ids(rast[..., 3])  # (B, H, W) int64, -1 = background
-        face[torch.from_numpy(~visible).to(device)] = -1
         covered = face >= 0
         face_safe = face.clamp_min(0)
 
