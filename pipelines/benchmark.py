@@ -65,6 +65,10 @@ class PredictorOptions:
     """mesh-dir: axis convention of those meshes (evaluation.alignment names)."""
     resolution: int = 64
     """visual-hull: voxel grid resolution."""
+    mc_resolution: int = 256
+    """instantmesh NeRF variants: marching-cubes grid resolution."""
+    density_threshold: float = 10.0
+    """instantmesh NeRF variants: density iso-level of the extracted surface."""
     gpus_per_worker: float = field(default=1.0, metadata=NO_HASH)
     """GPUs per predictor actor for GPU predictors (when the cluster has GPUs)."""
 
@@ -172,7 +176,12 @@ def _predictor_setup(cfg: PredictConfig) -> Any:
     elif cfg.predictor == "mesh-dir":
         options = {"root": cfg.mesh_dir, "convention": cfg.convention}
     elif cfg.predictor == "instantmesh":
-        options = {"variant": cfg.variant, "checkpoint": cfg.checkpoint}
+        options = {
+            "variant": cfg.variant,
+            "checkpoint": cfg.checkpoint,
+            "mc_resolution": cfg.mc_resolution,
+            "density_threshold": cfg.density_threshold,
+        }
     return make_predictor(cfg.predictor, **options)
 
 

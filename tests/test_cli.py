@@ -60,3 +60,18 @@ def test_root_cause_unwraps_chained_errors() -> None:
             raise RuntimeError("wrapper\nwith a long traceback") from inner
     except RuntimeError as outer:
         assert isinstance(root_cause(outer), KeyError)
+
+
+def test_cluster_yaml_declares_cpu_render_and_gpu_inference_workers() -> None:
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).parent.parent / "cluster.yaml").read_text())
+    nodes = cfg["available_node_types"]
+    assert cfg["head_node_type"] in nodes
+    assert (
+        nodes["render_cpu"]["resources"]["CPU"] > 0
+        and "GPU" not in nodes["render_cpu"]["resources"]
+    )
+    assert nodes["inference_gpu"]["resources"]["GPU"] >= 1
+    assert all(n["max_workers"] >= n["min_workers"] for n in nodes.values())
+    assert any("[render,gpu]" in c for c in cfg["setup_commands"])

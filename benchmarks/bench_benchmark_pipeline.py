@@ -1,0 +1,92 @@
+"""Pipeline overhead of `imesh benchmark` (predict + evaluate on Ray) vs a plain Python loop.
+
+Both sides do the same work on the same objects: the visual-hull predictor on each object of a
+GSO-shaped evaluation set built from procedural fixtures, then rendering + PSNR/SSIM + Chamfer/
+F-Score. The plain loop calls the library functions directly (one predictor, one CPU render
+backend, in-process); the pipeline runs the Ray stages (actor pools, status rows, atomic
+publishing, run records). Prints wall times, objects/s, the overhead ratio, and the pipeline's
+throughput with 1 and 2 workers (scaling).
+
+    python benchmarks/bench_benchmark_pipeline.py [--objects 6] [--size 160] [--resolution 48]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--objects", type=int, default=6)
+    ap.add_argument("--size", type=int, default=160)
+    ap.add_argument("--resolution", type=int, default=48)
+    args = ap.parse_args()
+
+    from evaluation.evaluate_object import EvalOptions, evaluate_object
+    from evaluation.predictors import PredictorInput, make_predictor
+    from pipelines.benchmark import BenchmarkConfig, run_benchmark
+    from pipelines.evalset import EvalsetConfig, run_evalset
+    from pipelines.fixtures import FixturesConfig, fixture_paths, make_fixtures
+    from pipelines.ray_session import ray_session
+    from pipelines.runner import RunOptions
+    from rendering.backends import RenderSettings, make_backend
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-bm-"))
+    make_fixtures(FixturesConfig(out=str(tmp / "fx"), gso_objects=args.objects))
+    paths = fixture_paths(tmp / "fx")
+    quiet = RunOptions(workers=1, progress=False)
+    with ray_session(num_cpus=2):
+        run_evalset(
+            EvalsetConfig(
+                dataset="gso", root=str(paths["gso"]), out=str(tmp / "es"), size=args.size, run=quiet
+            )
+        )
+        evalset = tmp / "es" / "gso"
+        objects = sorted(p for p in (evalset / "objects").iterdir() if not p.name.startswith("."))
+
+        t0 = time.perf_counter()
+        predictor = make_predictor("visual-hull", resolution=args.resolution)
+        backend = make_backend("cpu", RenderSettings(shading="unlit"))
+        options = EvalOptions(lpips_net=None, n_points=16000)
+        for folder in objects:
+            pred = predictor.predict(PredictorInput(folder.name, "gso", folder))
+            evaluate_object(pred.mesh, folder, backend, options)
+        loop_s = time.perf_counter() - t0
+
+        times = {}
+        for workers in (1, 2):
+            t0 = time.perf_counter()
+            run_benchmark(
+                BenchmarkConfig(
+                    evalsets=[str(evalset)],
+                    out=str(tmp / f"run-{workers}"),
+                    predictor="visual-hull",
+                    resolution=args.resolution,
+                    lpips_net="none",
+                    report=False,
+                    run=RunOptions(workers=workers, shard_size=1, progress=False),
+                )
+            )
+            times[workers] = time.perf_counter() - t0
+
+    n = len(objects)
+    print(f"machine: {platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}")
+    print(f"objects: {n}, views {args.size}px (21 orbit), visual-hull {args.resolution}^3, 16K points")
+    print(f"plain loop                 : {loop_s:7.2f} s  ({n / loop_s:.2f} obj/s)")
+    for w, t in times.items():
+        print(f"imesh benchmark, {w} worker(s): {t:7.2f} s  ({n / t:.2f} obj/s)")
+    overhead = times[1] / loop_s - 1.0
+    print(f"pipeline overhead (1 worker vs loop): {100 * overhead:+.1f} %  "
+          f"({(times[1] - loop_s) / n:+.2f} s/object; includes two Ray stages' fixed start-up)")
+    print(f"scaling 2 vs 1 workers: {times[1] / times[2]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
