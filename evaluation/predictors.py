@@ -180,9 +180,8 @@ def carve(
     step = axis[1] - axis[0]
     verts = (verts - 1.0) * step - extent
     # marching_cubes orients faces by the gradient (towards higher occupancy): flip to outwards.
-    mesh = trimesh.Trimesh(verts, faces[:, ::-1], process=False)
-    mesh.visual.vertex_colors = _vertex_colours(verts, -normals, images, masks, cameras)
-    return mesh
+    colours = _vertex_colours(verts, -normals, images, masks, cameras)
+    return trimesh.Trimesh(verts, faces[:, ::-1], vertex_colors=colours, process=False)
 
 
 def _vertex_colours(
@@ -222,16 +221,17 @@ class MeshDirPredictor:
         config = self.root / "predictor.yaml"
         if config.is_file():
             declared = (yaml.safe_load(config.read_text()) or {}).get("convention")
-        self.convention = convention or declared
-        if self.convention is None:
+        chosen = convention or declared
+        if chosen is None:
             raise PredictorError(
                 f"mesh-dir: declare the meshes' axis convention (--convention or 'convention:' in "
                 f"{config}); known: {sorted(AXIS_CONVENTIONS)}"
             )
-        if self.convention not in AXIS_CONVENTIONS:
+        if chosen not in AXIS_CONVENTIONS:
             raise PredictorError(
-                f"mesh-dir: unknown convention {self.convention!r}; known: {sorted(AXIS_CONVENTIONS)}"
+                f"mesh-dir: unknown convention {chosen!r}; known: {sorted(AXIS_CONVENTIONS)}"
             )
+        self.convention: str = str(chosen)
 
     def predict(self, item: PredictorInput) -> Prediction:
         for ext in MESH_EXTENSIONS:

@@ -77,7 +77,9 @@ class InstantMeshPredictor:
         images = self._images(item)
         cameras = input_cameras(batch_size=1).to(self.device)
         planes = self.model.forward_planes(images, cameras)
-        if self.model.cfg.synthesizer == "nerf":
+        from instantmesh.model import InstantNeRF
+
+        if isinstance(self.model, InstantNeRF):
             try:
                 cm = extract_nerf_mesh(
                     self.model.synthesizer, planes, self.mc_resolution, self.density_threshold
@@ -94,9 +96,8 @@ class InstantMeshPredictor:
         c, s = math.cos(math.radians(azimuth)), math.sin(math.radians(azimuth))
         rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
         vertices = np.asarray(cm.vertices, dtype=np.float64) @ rot.T
-        mesh = trimesh.Trimesh(vertices, cm.faces, process=False)
         colors = np.concatenate([cm.vertex_colors, np.full((len(vertices), 1), 255, np.uint8)], 1)
-        mesh.visual.vertex_colors = colors
+        mesh = trimesh.Trimesh(vertices, cm.faces, vertex_colors=colors, process=False)
         return Prediction(
             mesh, "identity", {"variant": self.model.cfg.name, "azimuth_deg": azimuth}
         )
