@@ -51,6 +51,9 @@ from rendering.output_layouts import (
 )
 
 MESH_SUFFIXES = Y_UP_SUFFIXES + Z_UP_SUFFIXES
+REFUSED_SUFFIXES = (".blend",)
+"""Scene files that are listed (so each gets a failed status row saying why) but never opened:
+a .blend can carry auto-run Python."""
 GPU_BACKENDS = ("nvdiffrast",)
 
 
@@ -206,7 +209,8 @@ def manifest_from_input(input_path: str) -> pa.Table:
     """A manifest for a mesh file or every mesh file in a directory (uid = sanitized stem)."""
     p = Path(input_path)
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in MESH_SUFFIXES)
+        wanted = MESH_SUFFIXES + REFUSED_SUFFIXES
+        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in wanted and f.is_file())
     elif p.is_file():
         files = [p]
     else:

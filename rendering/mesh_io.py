@@ -34,8 +34,11 @@ def load_scene(path: str | os.PathLike[str]) -> trimesh.Scene:
     path = Path(path)
     if not path.is_file():
         raise MeshLoadError(f"{path}: file not found")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise MeshLoadError(f"{path}: empty file")
+    if path.suffix.lower() == ".glb":
+        _check_glb_header(path, size)
     try:
         scene = trimesh.load(str(path), force="scene", process=False)
     except Exception as e:  # trimesh raises many exception types for malformed input
@@ -43,6 +46,26 @@ def load_scene(path: str | os.PathLike[str]) -> trimesh.Scene:
     if not isinstance(scene, trimesh.Scene):
         raise MeshLoadError(f"{path}: loader returned {type(scene).__name__}, not a scene")
     return scene
+
+
+def _check_glb_header(path: Path, size: int) -> None:
+    """A GLB's 12-byte header: magic ``glTF``, version 2, total length = the file size."""
+    import struct
+
+    with open(path, "rb") as f:
+        header = f.read(12)
+    if len(header) < 12:
+        raise MeshLoadError(f"{path}: cannot parse (GLB header truncated: {len(header)} bytes)")
+    magic, version, length = struct.unpack("<4sII", header)
+    if magic != b"glTF":
+        raise MeshLoadError(f"{path}: cannot parse (not a GLB: magic {magic!r})")
+    if version != 2:
+        raise MeshLoadError(f"{path}: cannot parse (GLB version {version}, expected 2)")
+    if length != size:
+        raise MeshLoadError(
+            f"{path}: cannot parse (GLB header says {length} bytes, the file has {size}: "
+            "truncated or corrupt)"
+        )
 
 
 def load_mesh(path: str | os.PathLike[str]) -> trimesh.Trimesh:
@@ -63,7 +86,11 @@ def scene_to_mesh(scene: trimesh.Scene, where: str = "mesh") -> trimesh.Trimesh:
         raise MeshLoadError(f"{where}: no triangles")
     if not np.isfinite(mesh.vertices).all():
         bad = int((~np.isfinite(mesh.vertices)).any(axis=1).sum())
-        raise MeshLoadError(f"{where}: {bad} vertex/vertices with NaN or infinite coordinates")
+        raise MeshLoadError(
+            f"{where}: {bad} vertex/vertices with non-finite (NaN or infinite) coordinates"
+        )
+    if not (np.asarray(mesh.area_faces) > 0).any():
+        raise MeshLoadError(f"{where}: only degenerate (zero-area) faces")
     return mesh
 
 
@@ -149,3 +176,116 @@ def world_mesh_glb_bytes(mesh: trimesh.Trimesh) -> bytes:
     data = trimesh.Scene(out).export(file_type="glb")
     assert isinstance(data, bytes)
     return data
+
+
+_MTL_MAPS = ("map_kd", "map_ka", "map_ks", "map_bump", "bump", "map_d", "norm", "map_pr")
+
+MAX_TEXTURE_PIXELS = 16384 * 16384
+"""Largest texture (in pixels) a renderer accepts; larger ones (or decompression bombs whose
+header claims more) are refused with a clear error instead of exhausting memory."""
+
+
+def _image_problem(name: str, data: bytes | None, path: Path | None, max_pixels: int) -> str | None:
+    import io
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data) if data is not None else str(path)) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    return f"texture {name} is {w}x{h} pixels (limit {max_pixels})"
+                im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return f"texture {name} refused as a decompression bomb ({e})"
+    except Exception as e:  # PIL raises many types for corrupt data
+        return f"texture {name} does not decode ({type(e).__name__}: {e})"
+    return None
+
+
+def _glb_json(data: bytes) -> tuple[dict[str, Any], bytes] | None:
+    import json
+    import struct
+
+    if len(data) < 20 or data[:4] != b"glTF":
+        return None
+    json_len, json_type = struct.unpack_from("<II", data, 12)
+    if json_type != 0x4E4F534A:
+        return None
+    doc = json.loads(data[20 : 20 + json_len])
+    rest = data[20 + json_len :]
+    binary = b""
+    if len(rest) >= 8:
+        bin_len = struct.unpack_from("<I", rest, 0)[0]
+        binary = rest[8 : 8 + bin_len]
+    return doc, binary
+
+
+def texture_problems(
+    path: str | os.PathLike[str], max_pixels: int = MAX_TEXTURE_PIXELS
+) -> list[str]:
+    """Problems with the texture images a mesh file references: missing files (OBJ ``map_*``
+    lines, glTF ``images[].uri``), images that do not decode (also embedded GLB images), and
+    images larger than ``max_pixels`` (checked from the header before decoding). Loaders
+    silently drop such textures, so a renderer must refuse the object instead of writing
+    untextured "training data"."""
+    import json
+    from urllib.parse import unquote
+
+    p = Path(path)
+    suffix = p.suffix.lower()
+    problems: list[str] = []
+
+    def check_file(f: Path) -> None:
+        if not f.is_file():
+            problems.append(f"missing texture file {f}")
+        else:
+            issue = _image_problem(str(f), None, f, max_pixels)
+            if issue:
+                problems.append(issue)
+
+    if suffix == ".obj":
+        for line in p.read_text(errors="replace").splitlines():
+            parts = line.strip().split(None, 1)
+            if len(parts) == 2 and parts[0] == "mtllib":
+                mtl = p.parent / parts[1].strip()
+                if not mtl.is_file():
+                    problems.append(f"missing material file {mtl}")
+                    continue
+                for mline in mtl.read_text(errors="replace").splitlines():
+                    tokens = mline.strip().split()
+                    if tokens and tokens[0].lower() in _MTL_MAPS and len(tokens) > 1:
+                        check_file(mtl.parent / tokens[-1])
+    elif suffix in (".gltf", ".glb"):
+        try:
+            if suffix == ".gltf":
+                doc, binary = json.loads(p.read_text()), b""
+            else:
+                parsed = _glb_json(p.read_bytes())
+                if parsed is None:
+                    return problems  # not a GLB: the loader reports it
+                doc, binary = parsed
+        except (OSError, ValueError):
+            return problems  # unparsable: the loader reports it with its own message
+        views = doc.get("bufferViews", []) or []
+        for i, image in enumerate(doc.get("images", []) or []):
+            if not isinstance(image, dict):
+                continue
+            uri = image.get("uri")
+            if isinstance(uri, str) and not uri.startswith("data:"):
+                check_file(p.parent / unquote(uri))
+            elif "bufferView" in image and binary:
+                try:
+                    view = views[int(image["bufferView"])]
+                    start = int(view.get("byteOffset", 0))
+                    data = binary[start : start + int(view["byteLength"])]
+                except (IndexError, KeyError, TypeError, ValueError):
+                    problems.append(f"embedded image {i} has an invalid bufferView")
+                    continue
+                issue = _image_problem(f"image {i} (embedded)", data, None, max_pixels)
+                if issue:
+                    problems.append(issue)
+    return problems

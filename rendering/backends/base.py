@@ -33,7 +33,7 @@ import numpy as np
 import trimesh
 
 from rendering.cameras import Camera
-from rendering.mesh_io import MeshLoadError, load_scene, scene_to_mesh
+from rendering.mesh_io import MeshLoadError, load_scene, scene_to_mesh, texture_problems
 from rendering.normalize import (
     Y_UP_SUFFIXES,
     Y_UP_TO_Z_UP,
@@ -139,6 +139,9 @@ def prepare_object(
         source_up = source_up_for(path)
     except ValueError as e:
         raise RenderError(str(e)) from e
+    problems = texture_problems(path)
+    if problems:
+        raise MeshLoadError(f"{path}: {'; '.join(problems)}")
     if scene is None:
         scene = load_scene(path)
     mesh = scene_to_mesh(scene, where=str(path))

@@ -1,0 +1,51 @@
+"""Every bad mesh file ends as a failed render status row naming its cause; the others render."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from bad_corpus import good_mesh, write_mesh_corpus
+
+from pipelines.runner import RunOptions
+
+BACKENDS = [
+    "cpu",
+    pytest.param(
+        "blender",
+        marks=pytest.mark.skipif(
+            __import__("importlib.util").util.find_spec("bpy") is None, reason="bpy not installed"
+        ),
+    ),
+]
+
+
+@pytest.mark.usefixtures("ray_local")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_inputs_are_failed_rows_and_good_objects_render(backend: str, tmp_path: Path) -> None:
+    from pipelines.render import RenderConfig, run_render
+    from pipelines.schema import read_parquet
+
+    src = tmp_path / "in"
+    corpus = write_mesh_corpus(src)
+    good_mesh(src, "good_a.glb")
+    good_mesh(src, "good_b.glb")
+    cfg = RenderConfig(
+        input=str(src),
+        out=str(tmp_path / "out"),
+        backend=backend,  # type: ignore[arg-type]
+        layout="zero123pp",
+        size=32,
+        samples=1,
+        run=RunOptions(workers=1, shard_size=20, progress=False),
+    )
+    report = run_render(cfg)
+    rows = {r["uid"]: r for r in read_parquet(report.status_uri).to_pylist()}
+    assert rows["good_a"]["status"] == "ok" and rows["good_b"]["status"] == "ok"
+    for kind, (path, cause) in corpus.items():
+        uid = path.stem
+        assert rows[uid]["status"] == "failed", kind
+        assert cause in rows[uid]["error"].lower(), (kind, rows[uid]["error"])
+        assert path.name in rows[uid]["error"], kind  # the message names the file
+    published = {p.name for p in (tmp_path / "out" / "rendering_zero123plus").iterdir()}
+    assert published - {".staging"} == {"good_a", "good_b"}
