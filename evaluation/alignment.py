@@ -87,6 +87,9 @@ _LGM_EXPORT = np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=np.float64)
 AXIS_CONVENTIONS: MappingProxyType[str, FloatArray] = MappingProxyType(
     {
         "identity": _inverse_of_export(np.eye(3)),
+        # This project's own .obj/.glb exports (instantmesh.mesh_export, rendering.mesh_io):
+        # our Z-up world stored Y up as glTF requires, (x, y, z) -> (x, z, -y).
+        "imesh_y_up": _inverse_of_export(_rot90("x", -1)),
         # run.py / app.py vertex-colour .obj (the default export of run.py).
         "instantmesh": _inverse_of_export(_IM_OBJ),
         # run.py --export_texmap (save_obj_with_mtl writes the vertices unchanged).

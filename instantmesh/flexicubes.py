@@ -120,7 +120,9 @@ def dual_vertex_groups(case: int) -> list[list[int]]:
         components = _inside_components(inside)
     groups = []
     for component in components:
-        group = [e for e in crossing if CUBE_EDGES[e][0] in component or CUBE_EDGES[e][1] in component]
+        group = [
+            e for e in crossing if CUBE_EDGES[e][0] in component or CUBE_EDGES[e][1] in component
+        ]
         if group:
             groups.append(group)
     return groups
@@ -169,10 +171,7 @@ _QUAD_SPLIT_13 = torch.tensor([0, 1, 3, 3, 1, 2], dtype=torch.long)
 
 
 def _res3(res: int | Sequence[int]) -> tuple[int, int, int]:
-    if isinstance(res, int):
-        out = (res, res, res)
-    else:
-        out = (int(res[0]), int(res[1]), int(res[2]))
+    out = (res, res, res) if isinstance(res, int) else (int(res[0]), int(res[1]), int(res[2]))
     if min(out) < 1:
         raise ValueError(f"grid resolution must be positive, got {res}")
     return out
@@ -187,9 +186,7 @@ def grid_axis(res: int, scale: float, device: torch.device | str = "cpu") -> tor
     return (t - 0.5) * scale
 
 
-def grid_positions(
-    ijk: torch.Tensor, res: int | Sequence[int], scale: float
-) -> torch.Tensor:
+def grid_positions(ijk: torch.Tensor, res: int | Sequence[int], scale: float) -> torch.Tensor:
     """Positions (..., 3) float32 of grid vertices with integer coordinates ``ijk`` (..., 3)."""
     rx, ry, rz = _res3(res)
     device = ijk.device
@@ -241,13 +238,9 @@ def surface_cube_coords(sdf_volume: torch.Tensor) -> torch.Tensor:
     """Coordinates (K, 3), in cube-id order, of the cubes of a ``(rx+1, ry+1, rz+1)`` SDF volume
     whose corners have both signs (``sdf < 0`` inside)."""
     occ = (sdf_volume < 0).to(torch.int8)
-    count = torch.zeros(
-        tuple(n - 1 for n in occ.shape), dtype=torch.int8, device=sdf_volume.device
-    )
+    count = torch.zeros(tuple(n - 1 for n in occ.shape), dtype=torch.int8, device=sdf_volume.device)
     for dx, dy, dz in CUBE_CORNERS:
-        count += occ[
-            dx : dx + count.shape[0], dy : dy + count.shape[1], dz : dz + count.shape[2]
-        ]
+        count += occ[dx : dx + count.shape[0], dy : dy + count.shape[1], dz : dz + count.shape[2]]
     return torch.nonzero((count > 0) & (count < 8))
 
 

@@ -281,8 +281,7 @@ def _write_obj_with_texture(
     png_path = path.with_suffix(".png")
     Image.fromarray(texture, "RGB").save(png_path)
     mtl_path.write_text(
-        "newmtl material_0\nKa 0 0 0\nKd 1 1 1\nKs 0 0 0\nillum 1\n"
-        f"map_Kd {png_path.name}\n"
+        f"newmtl material_0\nKa 0 0 0\nKd 1 1 1\nKs 0 0 0\nillum 1\nmap_Kd {png_path.name}\n"
     )
     lines = [f"mtllib {mtl_path.name}", "o mesh"]
     lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in vertices]

@@ -112,9 +112,8 @@ class TriplaneMeshFields(MeshFields):
 
     def _features(self, points: torch.Tensor) -> torch.Tensor:
         pts = points.to(self.planes.dtype)[None]
-        return concat_plane_features(
-            sample_triplane(self.planes, pts, self.synthesizer.box_warp)
-        )[0]
+        features = sample_triplane(self.planes, pts, self.synthesizer.box_warp)
+        return concat_plane_features(features)[0]
 
     def sdf(self, points: torch.Tensor) -> torch.Tensor:
         return self.synthesizer.decoder.net_sdf(self._features(points))[:, 0]
@@ -175,7 +174,9 @@ def upstream_empty_shape_fix(sdf_volume: torch.Tensor) -> torch.Tensor:
     return sdf_volume * keep + update * (1 - keep)
 
 
-def _chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int) -> torch.Tensor:
+def _chunked(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int
+) -> torch.Tensor:
     if x.shape[0] == 0:
         raise ValueError("no points to evaluate")
     return torch.cat([fn(x[s : s + size]) for s in range(0, x.shape[0], size)])
@@ -250,7 +251,7 @@ def flexicubes_from_fields(
     cube_coords = surface_cube_coords(volume)
     if cube_coords.shape[0] == 0:
         empty = torch.zeros((0, 3), dtype=volume.dtype, device=device)
-        return FlexiCubesResult(empty, torch.zeros((0, 3), dtype=torch.long), 0, 0)
+        return FlexiCubesResult(empty, torch.zeros((0, 3), dtype=torch.long, device=device), 0, 0)
     corner_ijk = cube_corner_coords(cube_coords)  # (K, 8, 3)
     point_ids, cubes = torch.unique(vertex_ids(corner_ijk, res), return_inverse=True)
     point_ijk = torch.stack([point_ids // (n * n), (point_ids // n) % n, point_ids % n], dim=-1)

@@ -22,7 +22,9 @@ from instantmesh.synthesizer import DEFAULT_POINT_CHUNK, NeRFSynthesizer
 
 @dataclass(frozen=True)
 class ColoredMesh:
-    vertices: np.ndarray  # (V, 3) float32 in the triplane frame, inside [-1, 1]^3
+    # (V, 3) float32 in the triplane frame (= our world frame, Z up; see mesh_export): inside
+    # [-1, 1]^3 from marching cubes, inside [-1.05, 1.05]^3 (+ deformation) from FlexiCubes.
+    vertices: np.ndarray
     faces: np.ndarray  # (F, 3) int64
     vertex_colors: np.ndarray  # (V, 3) uint8
 

@@ -65,15 +65,17 @@ from typing import Any, Literal
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DiffusionPipeline,
-    EulerAncestralDiscreteScheduler,
-    ImagePipelineOutput,
-    UNet2DConditionModel,
-)
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+# Concrete modules rather than the ``diffusers`` namespace: its lazy ``__init__`` makes type
+# checkers see the dummy placeholder classes.
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
+from diffusers.schedulers.scheduling_euler_ancestral_discrete import (
+    EulerAncestralDiscreteScheduler,
+)
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
@@ -181,8 +183,7 @@ def merge_grid(views: Sequence[Image.Image]) -> Image.Image:
     bad = [i for i, v in enumerate(views) if v.size != size or v.mode != mode]
     if bad:
         raise ValueError(
-            f"all views must share size and mode ({size[0]}x{size[1]} {mode}); "
-            f"views {bad} differ"
+            f"all views must share size and mode ({size[0]}x{size[1]} {mode}); views {bad} differ"
         )
     vw, vh = size
     grid = Image.new(mode, (GRID_COLS * vw, GRID_ROWS * vh))
@@ -484,14 +485,13 @@ def install_reference_attention(unet: UNet2DConditionModel) -> None:
     procs = unet.attn_processors
     if procs and all(isinstance(p, ReferenceAttnProcessor) for p in procs.values()):
         return
-    unet.set_attn_processor(
-        {
-            name: ReferenceAttnProcessor(
-                AttnProcessor2_0(), enabled=name.endswith("attn1.processor"), name=name
-            )
-            for name in procs
-        }
-    )
+    wrapped: dict[str, Any] = {
+        name: ReferenceAttnProcessor(
+            AttnProcessor2_0(), enabled=name.endswith("attn1.processor"), name=name
+        )
+        for name in procs
+    }
+    unet.set_attn_processor(wrapped)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -519,8 +519,6 @@ class Zero123PlusPipeline(DiffusionPipeline):
     feature_extractor_clip: Any
     feature_extractor_vae: Any
 
-    model_cpu_offload_seq = "vision_encoder->text_encoder->unet->vae"
-
     def __init__(
         self,
         vae: AutoencoderKL,
@@ -546,7 +544,7 @@ class Zero123PlusPipeline(DiffusionPipeline):
         )
         ramp = None if ramping_coefficients is None else [float(x) for x in ramping_coefficients]
         self.register_to_config(ramping_coefficients=ramp)
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.vae_scale_factor = 2 ** (len(self.vae.config["block_out_channels"]) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         install_reference_attention(self.unet)
 
@@ -592,14 +590,18 @@ class Zero123PlusPipeline(DiffusionPipeline):
             or not math.isfinite(float(guidance_scale))
             or guidance_scale < 0
         ):
-            raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {guidance_scale!r}")
+            raise ValueError(
+                f"`guidance_scale` must be a finite number >= 0, got {guidance_scale!r}"
+            )
         if seed is not None:
             if not _is_int(seed) or not 0 <= seed < 2**64:
                 raise ValueError(f"`seed` must be an int in [0, 2**64), got {seed!r}")
             if generator is not None:
                 raise ValueError("pass either `seed` or `generator`, not both")
         if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"`generator` must be a torch.Generator, got {type(generator).__name__}")
+            raise TypeError(
+                f"`generator` must be a torch.Generator, got {type(generator).__name__}"
+            )
         multiple = self.vae_scale_factor
         for name, value, cells in (("height", height, GRID_ROWS), ("width", width, GRID_COLS)):
             if not _is_int(value) or value <= 0:
@@ -617,7 +619,7 @@ class Zero123PlusPipeline(DiffusionPipeline):
             raise ValueError(
                 f"`output_type` must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}"
             )
-        ramp = self.config.ramping_coefficients
+        ramp = self.config["ramping_coefficients"]
         if ramp is None:
             raise ValueError(
                 "`ramping_coefficients` missing from the pipeline config (model_index.json)"
@@ -657,7 +659,7 @@ class Zero123PlusPipeline(DiffusionPipeline):
         ``(B, 1, P) * (77, 1) -> (B, 77, P)``."""
         embeds = self.vision_encoder(pixels, output_hidden_states=False).image_embeds
         embeds = embeds.unsqueeze(-2)
-        ramp = embeds.new_tensor(self.config.ramping_coefficients).unsqueeze(-1)
+        ramp = embeds.new_tensor(self.config["ramping_coefficients"]).unsqueeze(-1)
         return embeds * ramp
 
     def reference_unet(
@@ -734,7 +736,7 @@ class Zero123PlusPipeline(DiffusionPipeline):
             cond_gen: torch.Generator | None = stream
         else:
             latent_gen, cond_gen = generator, None
-        do_cfg = guidance_scale > 1.0 and self.unet.config.time_cond_proj_dim is None
+        do_cfg = guidance_scale > 1.0 and self.unet.config["time_cond_proj_dim"] is None
         n = int(num_images_per_prompt)
 
         rgb = composite_on_white(image)
@@ -764,11 +766,13 @@ class Zero123PlusPipeline(DiffusionPipeline):
         timesteps = self.scheduler.timesteps
         shape = (
             n,
-            int(self.unet.config.in_channels),
+            int(self.unet.config["in_channels"]),
             height // self.vae_scale_factor,
             width // self.vae_scale_factor,
         )
-        latents = randn_tensor(shape, generator=latent_gen, device=device, dtype=prompt_embeds.dtype)
+        latents = randn_tensor(
+            shape, generator=latent_gen, device=device, dtype=prompt_embeds.dtype
+        )
         latents = latents * self.scheduler.init_noise_sigma
 
         with self.progress_bar(total=len(timesteps)) as progress:
@@ -788,7 +792,7 @@ class Zero123PlusPipeline(DiffusionPipeline):
         if output_type == "latent":
             images: Any = latents
         else:
-            scaling = float(self.vae.config.scaling_factor)
+            scaling = float(self.vae.config["scaling_factor"])
             decoded = self.vae.decode(latents.to(self.vae.dtype) / scaling, return_dict=False)[0]
             images = self.image_processor.postprocess(
                 unscale_image(decoded), output_type=output_type
@@ -840,7 +844,7 @@ def from_pretrained(
         ) from err
     if not isinstance(pipe, Zero123PlusPipeline):  # pragma: no cover - diffusers contract
         raise Zero123ppWeightsError(f"{source} loaded as {type(pipe).__name__}")
-    if pipe.config.ramping_coefficients is None:
+    if pipe.config["ramping_coefficients"] is None:
         raise Zero123ppWeightsError(f"{source}: model_index.json has no ramping_coefficients")
     if trailing:
         pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(

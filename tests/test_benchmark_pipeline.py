@@ -138,7 +138,7 @@ def test_missing_predictions_are_failed_objects(evalsets: dict[str, Any], tmp_pa
     # One real prediction (the GT exported Y-up as glTF viewers expect), one corrupt, rest missing.
     shutil.copy(gso_objects[0] / "gt_mesh.glb", mesh_dir / f"{gso_objects[0].name}.glb")
     (mesh_dir / f"{gso_objects[1].name}.glb").write_bytes(b"glTF\x02\x00\x00\x00garbage")
-    (mesh_dir / "predictor.yaml").write_text("convention: identity\n")
+    (mesh_dir / "predictor.yaml").write_text("convention: imesh_y_up\n")
     assert load_world_mesh(mesh_dir / f"{gso_objects[0].name}.glb").vertices.size
     from pipelines.benchmark import BenchmarkConfig, run_benchmark
 
@@ -156,9 +156,9 @@ def test_missing_predictions_are_failed_objects(evalsets: dict[str, Any], tmp_pa
     )
     status = {r["uid"]: r for r in records.objects.to_pylist()}
     assert len(status) == 3
-    # identity convention on a Y-up glTF file: the GT's own file read raw is rotated, so the
-    # geometry is scored but differs; the point here is statuses.
+    # The GT's own GLB (stored Y up) declared with the matching convention scores perfectly.
     assert status[gso_objects[0].name]["status"] == "ok"
+    assert records.geometry_metrics["fscore"].to_pylist() == [pytest.approx(1.0)]
     assert status[gso_objects[1].name]["status"] == "failed"
     assert "glb" in status[gso_objects[1].name]["error"].lower()
     missing = status[gso_objects[2].name]
@@ -212,7 +212,9 @@ def test_instantmesh_predictor_runs_a_saved_tiny_model_through_the_pipeline(
 
     torch.manual_seed(0)
     ckpt = save_model(build_model("tiny-nerf"), tmp_path / "tiny")
-    folder = next(p for p in sorted((evalsets["out"] / "gso" / "objects").iterdir()) if p.name[0] != ".")
+    folder = next(
+        p for p in sorted((evalsets["out"] / "gso" / "objects").iterdir()) if p.name[0] != "."
+    )
     item = PredictorInput(folder.name, "gso", folder)
     # Random weights: pick the iso-level inside the density range so a surface exists.
     probe = InstantMeshPredictor(str(ckpt), mc_resolution=24, density_threshold=1e9)

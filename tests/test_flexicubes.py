@@ -186,7 +186,7 @@ def test_box_surface_is_close_to_the_level_set_and_closed() -> None:
     cell = SCALE / res
     # flat faces are exact; uniform weights round the sharp edges and corners by < 0.6 cell
     # (the learned weights exist to move those vertices)
-    near_feature = ((v.abs() > 0.5 - cell).sum(dim=1) >= 2)
+    near_feature = (v.abs() > 0.5 - cell).sum(dim=1) >= 2
     assert float(box_sdf(v[~near_feature]).abs().max()) < 1e-5
     assert float(box_sdf(v).abs().max()) < 0.6 * cell
     mesh = trimesh.Trimesh(v.numpy(), f.numpy(), process=False)
@@ -201,12 +201,16 @@ def test_weights_and_deformation_move_vertices_without_changing_topology() -> No
     v0, f0 = flexicubes_extract(verts, sdf, cubes, coords, res)
     raw = torch.randn(cubes.shape[0], 21, generator=gen)
     moved = verts + tanh_deformation_bound(res)(torch.randn(verts.shape, generator=gen))
-    v1, f1 = flexicubes_extract(moved, sdf, cubes, coords, res, raw[:, :12], raw[:, 12:20], raw[:, 20])
+    v1, f1 = flexicubes_extract(
+        moved, sdf, cubes, coords, res, raw[:, :12], raw[:, 12:20], raw[:, 20]
+    )
     assert v1.shape == v0.shape and f1.shape == f0.shape
     assert 0 < float((v1 - v0).abs().max()) < SCALE / res
     # zero raw weights are the uniform weights (gamma ties keep the same diagonal)
     zero = torch.zeros(cubes.shape[0], 21)
-    v2, f2 = flexicubes_extract(verts, sdf, cubes, coords, res, zero[:, :12], zero[:, 12:20], zero[:, 20])
+    v2, f2 = flexicubes_extract(
+        verts, sdf, cubes, coords, res, zero[:, :12], zero[:, 12:20], zero[:, 20]
+    )
     torch.testing.assert_close(v2, v0, rtol=0, atol=0)
     assert torch.equal(f2, f0)
 
@@ -218,12 +222,21 @@ def test_surface_cube_subset_gives_the_whole_grid_mesh() -> None:
     verts, cubes, coords = voxel_grid(res, SCALE)
     sdf = torch.randn(verts.shape[0], generator=gen)
     raw = torch.randn(cubes.shape[0], 21, generator=gen)
-    full = flexicubes_extract(verts, sdf, cubes, coords, res, raw[:, :12], raw[:, 12:20], raw[:, 20])
+    full = flexicubes_extract(
+        verts, sdf, cubes, coords, res, raw[:, :12], raw[:, 12:20], raw[:, 20]
+    )
     occ = (sdf < 0)[cubes].sum(1)
     surf = (occ > 0) & (occ < 8)
     ids, local = torch.unique(cubes[surf], return_inverse=True)
     part = flexicubes_extract(
-        verts[ids], sdf[ids], local, coords[surf], res, raw[surf, :12], raw[surf, 12:20], raw[surf, 20]
+        verts[ids],
+        sdf[ids],
+        local,
+        coords[surf],
+        res,
+        raw[surf, :12],
+        raw[surf, 12:20],
+        raw[surf, 20],
     )
     assert torch.equal(full[0], part[0]) and torch.equal(full[1], part[1])
 
@@ -321,7 +334,9 @@ def test_uv_rasterizer_covers_a_square_exactly() -> None:
     point = (bary[..., :, None] * uvs[faces[face]]).sum(-2)
     centres_u = (np.arange(8) + 0.5) / 8
     np.testing.assert_allclose(point[..., 0], np.broadcast_to(centres_u, (8, 8)), atol=1e-12)
-    np.testing.assert_allclose(point[..., 1], np.broadcast_to(centres_u[::-1, None], (8, 8)), atol=1e-12)
+    np.testing.assert_allclose(
+        point[..., 1], np.broadcast_to(centres_u[::-1, None], (8, 8)), atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("suffix", [".obj", ".glb"])
@@ -363,7 +378,9 @@ def test_vertex_color_export_round_trips_in_the_world_frame(tmp_path: Path) -> N
         if suffix == ".ply":
             np.testing.assert_allclose(raw.vertices, mesh.vertices, atol=2e-6)
         else:  # stored Y up: (x, y, z) -> (x, z, -y)
-            np.testing.assert_allclose(raw.vertices, mesh.vertices @ Y_UP_FILE_FROM_WORLD.T, atol=2e-6)
+            np.testing.assert_allclose(
+                raw.vertices, mesh.vertices @ Y_UP_FILE_FROM_WORLD.T, atol=2e-6
+            )
         colors = np.asarray(loaded.visual.vertex_colors)[:, :3]
         assert np.abs(colors.astype(int) - mesh.vertex_colors.astype(int)).max() <= 1
 
@@ -386,7 +403,9 @@ def _model_frame_render(
     best = torch.full((o.shape[0],), float("inf"), dtype=torch.float64)
     for s in range(0, o.shape[0], 256):
         dd, oo = d[s : s + 256, None], o[s : s + 256, None]
-        p = torch.linalg.cross(dd.expand(-1, len(tri), -1), e2[None].expand(len(dd), -1, -1), dim=-1)
+        p = torch.linalg.cross(
+            dd.expand(-1, len(tri), -1), e2[None].expand(len(dd), -1, -1), dim=-1
+        )
         det = (e1[None] * p).sum(-1)
         inv = 1.0 / torch.where(det.abs() < 1e-12, torch.ones_like(det), det)
         tv = oo - tri[None, :, 0]
@@ -406,7 +425,9 @@ def _model_frame_render(
 
 
 def _world_render(path: Path, azimuth: float, elevation: float, size: int):  # type: ignore[no-untyped-def]
-    view = rasterize(load_world_mesh(path), camera_from_spherical(azimuth, elevation, 4.0, 30.0, size))
+    view = rasterize(
+        load_world_mesh(path), camera_from_spherical(azimuth, elevation, 4.0, 30.0, size)
+    )
     return view.rgba[..., 3] > 0.5, view.rgba[..., :3]
 
 
