@@ -51,47 +51,19 @@ class InstantMeshPredictor:
         self.mc_resolution = int(mc_resolution)
         self.density_threshold = float(density_threshold)
 
-    def _images(self, item: PredictorInput) -> torch.Tensor:
-        images, _ = item.six_views()
-        batch = []
-        for im in images:
-            rgb = im[..., :3] * im[..., 3:4] + (1.0 - im[..., 3:4])  # on white
-            t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
-            size = self.model.cfg.input_size
-            if t.shape[-1] != size or t.shape[-2] != size:
-                t = torch.nn.functional.interpolate(
-                    t,
-                    size=(size, size),
-                    mode="bilinear",
-                    align_corners=False,
-                    antialias=True,
-                )
-            batch.append(t[0])
-        return torch.stack(batch)[None].clamp(0, 1).to(self.device)
-
-    @torch.no_grad()
     def predict(self, item: PredictorInput) -> Prediction:
-        from instantmesh.cameras import input_cameras
-        from instantmesh.meshing import extract_nerf_mesh
+        from instantmesh.reconstruct import reconstruct_mesh
 
-        images = self._images(item)
-        cameras = input_cameras(batch_size=1).to(self.device)
-        planes = self.model.forward_planes(images, cameras)
-        from instantmesh.model import InstantNeRF
-
-        if isinstance(self.model, InstantNeRF):
-            try:
-                cm = extract_nerf_mesh(
-                    self.model.synthesizer, planes, self.mc_resolution, self.density_threshold
-                )
-            except ValueError as e:
-                raise PredictorError(f"{item.uid}: {e}") from e
-        else:
-            try:
-                from instantmesh.mesh_extraction import extract_flexicubes_mesh
-            except ImportError as e:
-                raise PredictorError("FlexiCubes extraction is not available in this build") from e
-            cm = extract_flexicubes_mesh(self.model, planes)
+        images, _ = item.six_views()
+        try:
+            cm, _ = reconstruct_mesh(
+                self.model,
+                images,
+                mc_resolution=self.mc_resolution,
+                density_threshold=self.density_threshold,
+            )
+        except ValueError as e:
+            raise PredictorError(f"{item.uid}: {e}") from e
         azimuth = _condition_azimuth(item)
         c, s = math.cos(math.radians(azimuth)), math.sin(math.radians(azimuth))
         rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])

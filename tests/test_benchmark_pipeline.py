@@ -220,8 +220,11 @@ def test_instantmesh_predictor_runs_a_saved_tiny_model_through_the_pipeline(
     probe = InstantMeshPredictor(str(ckpt), mc_resolution=24, density_threshold=1e9)
     with pytest.raises(Exception, match="no surface"):
         probe.predict(item)
+    from instantmesh.reconstruct import views_tensor
+
+    images = views_tensor(item.six_views()[0], probe.model.cfg.input_size, torch.device("cpu"))
     planes = probe.model.forward_planes(
-        probe._images(item), __import__("instantmesh").input_cameras(batch_size=1)
+        images, __import__("instantmesh").input_cameras(batch_size=1)
     )
     sigma = probe.model.synthesizer.forward_grid(planes, 24)["sigma"].detach()
     level = float(sigma.median())
