@@ -8,6 +8,7 @@ from evaluation.run_records import EvaluationInputError
 from filtering.cap3d import CaptionsError
 from filtering.objaverse_cache import CacheError
 from pipelines.configs import ConfigError
+from pipelines.runner import StageLocked
 from pipelines.schema import ManifestError
 from pipelines.storage import UnsafeUidError
 from rendering.backends.base import BackendUnavailable
@@ -19,6 +20,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     CaptionsError,
     UnsafeUidError,
     BackendUnavailable,
+    StageLocked,
     EvaluationInputError,
     DatasetError,
     PredictorError,

@@ -24,6 +24,7 @@ duplicates nothing.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime as dt
 import pickle
@@ -300,6 +301,54 @@ def _workers_for(stage: Stage, requested: int) -> int:
     return max(1, int(cpus // max(stage.num_cpus, 1e-6)))
 
 
+class StageLocked(RuntimeError):
+    """Another run of the same stage is writing to the same output root."""
+
+
+@contextlib.contextmanager
+def stage_lock(sdir: str) -> Iterator[None]:
+    """Exclusive lock on ``<stage dir>/.lock`` for local output roots (``fcntl.flock``; released
+    by the OS if the process dies, so a killed run never leaves a stale lock). Two concurrent
+    runs on the same output root would otherwise race to publish the same items; the second
+    one fails at once with :class:`StageLocked` naming the holder. Remote roots (S3) have no
+    lock: run one job per output prefix there."""
+    if not storage.is_local(sdir):
+        yield
+        return
+    import fcntl
+    import json
+    import os
+    import socket
+
+    path = Path(storage.join(sdir, ".lock"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown process"
+            raise StageLocked(
+                f"{sdir} is being written by another run ({holder}); wait for it or use another --out"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                }
+            )
+        )
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def run_stage(
     stage: Stage,
     config: Any,
@@ -313,14 +362,22 @@ def run_stage(
     the job: they are status rows. Returns a ``StageReport``; the compiled tables are at
     ``report.status_uri`` and ``report.results_uri``.
     """
+
+    options = options or RunOptions()
+    sdir = stage_dir(out, stage)
+    storage.makedirs(storage.join(sdir, "parts"))
+    with stage_lock(sdir):
+        return _run_stage_locked(stage, config, manifest, out, options, sdir)
+
+
+def _run_stage_locked(
+    stage: Stage, config: Any, manifest: pa.Table, out: str, options: RunOptions, sdir: str
+) -> StageReport:
     import ray
     import ray.data
 
-    options = options or RunOptions()
     t0 = time.perf_counter()
     manifest = validate_manifest(manifest)
-    sdir = stage_dir(out, stage)
-    storage.makedirs(storage.join(sdir, "parts"))
     write_resolved_config(config, storage.join(sdir, "config.yaml"))
     chash = config_hash(config)
     uids = manifest["uid"].to_pylist()

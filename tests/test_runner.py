@@ -147,3 +147,33 @@ def test_published_item_without_status_part_is_not_recomputed(tmp_path: Path) ->
     report = run_stage(FILES, cfg, _manifest(3), str(tmp_path), QUIET)
     assert _calls(log) == ["item_2"]  # only the invalid one is redone
     assert report.counts == {"ok": 2, "failed": 1}
+
+
+def test_a_second_run_on_the_same_stage_output_is_refused_while_the_first_holds_it(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    from pipelines.runner import StageLocked, stage_lock
+
+    sdir = str(tmp_path / "stage")
+    with stage_lock(sdir):
+        with pytest.raises(StageLocked, match="another run"), stage_lock(sdir):
+            pass
+        code = textwrap.dedent(
+            f"""
+            from pipelines.runner import StageLocked, stage_lock
+            try:
+                with stage_lock({sdir!r}):
+                    print("acquired")
+            except StageLocked as e:
+                print("locked:", e)
+            """
+        )
+        other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert other.stdout.startswith("locked:") and '"pid"' in other.stdout
+    # Released: the next run proceeds (also after a holder dies: the OS drops flock locks).
+    with stage_lock(sdir):
+        pass
