@@ -17,8 +17,17 @@ runs with a numpy axis-aligned-box query standing in for the r-tree (the same ca
 triangles, so the same narrow-phase work; only the query differs), and the output says so.
 Before timing, the two agree on which pixels are covered and on their depth (checked).
 
-Run: ``python benchmarks/bench_cpu_raster.py [--views 4] [--repeats 2] [--baseline-size 32]``
-(about a minute on 2 cores).
+Run: ``python benchmarks/bench_cpu_raster.py [--views 4] [--repeats 2] [--baseline-size 32]
+[--threads N]`` (about a minute on 2 cores).
+
+Measured on the 2-core development VM while other jobs shared it (load average 5-8), so
+absolute numbers are pessimistic: with ``--threads 1``, 20k faces took 169 ms/view at 512^2
+(100 ms of CPU) and 71 ms at 320^2; 80k faces 327 / 254 ms; the ray-casting baseline scaled
+to the same pixels 480 s / 188 s (20k) and 2740 s / 1070 s (80k): ~2600-8400x. In quieter
+moments (load ~2) the rasterizer took 60-75 ms/view (20k, 512^2) and 90-115 ms (80k). With
+the default 2 torch threads on the overloaded machine it became 10x slower and erratic
+(OpenMP threads waiting for each other when cores are oversubscribed): use 1 thread per
+process when several renderers share a machine.
 """
 
 from __future__ import annotations
@@ -122,7 +131,10 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--baseline-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, "

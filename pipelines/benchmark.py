@@ -270,7 +270,9 @@ def _lpips_setting(cfg: EvaluateConfig) -> str | None:
 def _evaluate_setup(cfg: EvaluateConfig) -> Any:
     from rendering.backends import RenderSettings, make_backend
 
-    return make_backend(cfg.backend, RenderSettings(shading="unlit"))
+    # One thread per actor: actors already fill the CPUs (torch's default of one thread per
+    # core oversubscribes them and slows the CPU rasterizer many times over).
+    return make_backend(cfg.backend, RenderSettings(shading="unlit", threads=1))
 
 
 def evaluate_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:

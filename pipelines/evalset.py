@@ -143,7 +143,7 @@ def _object_from_row(row: dict[str, Any]) -> GsoObject | Omni3dObject:
 
 
 def _setup(cfg: EvalsetConfig) -> Any:
-    settings = RenderSettings(samples=cfg.samples, shading=cfg.shading)
+    settings = RenderSettings(samples=cfg.samples, shading=cfg.shading, threads=1)
     return make_backend(cfg.backend, settings)
 
 

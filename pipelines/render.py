@@ -97,7 +97,7 @@ class RenderConfig:
     timeout_s: float = 600.0
     """Per-object time limit (blender worker killed and respawned on timeout)."""
     threads: int = field(default=0, metadata=NO_HASH)
-    """CPU threads per backend worker (0 = backend default)."""
+    """CPU threads per backend worker (0 = the worker's CPU reservation, --cpus-per-worker)."""
     max_objects_per_worker: int = field(default=200, metadata=NO_HASH)
     """Recycle the Blender worker process after this many objects."""
     cpus_per_worker: float = field(default=1.0, metadata=NO_HASH)
@@ -117,7 +117,7 @@ class RenderConfig:
             samples=self.samples,
             shading=self.shading,
             device=self.device,
-            threads=self.threads,
+            threads=self.threads or max(1, int(self.cpus_per_worker)),
             timeout_s=self.timeout_s,
         )
 

@@ -608,9 +608,11 @@ def load_raster_mesh(obj: RenderObject) -> RasterMesh:
 class CpuBackend:
     """Software rasterizer backend (registry name ``cpu``).
 
-    ``settings.threads > 0`` sets torch's (process-wide) intra-op thread count; ``samples`` and
-    ``device`` are ignored (always one sample per pixel, always on the CPU); ``shading="lit"``
-    is rendered unlit (base colour), see the module docstring.
+    ``settings.threads > 0`` sets torch's (process-wide) intra-op thread count; use 1 when
+    several render processes share the machine (oversubscribed OpenMP threads made renders
+    about 10x slower and erratic in measurements on 2 cores). ``samples`` and ``device`` are
+    ignored (always one sample per pixel, always on the CPU); ``shading="lit"`` is rendered
+    unlit (base colour), see the module docstring.
     """
 
     name = "cpu"
