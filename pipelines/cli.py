@@ -249,6 +249,19 @@ def _run_nightly(cfg: Any) -> int:
     return code
 
 
+def _run_generate(cfg: Any) -> int:
+    from rich.console import Console
+
+    from pipelines.generate import run_generate
+
+    for record in run_generate(cfg):
+        Console().print(
+            f"{record['name']}: {record['faces']} faces -> {cfg.out}/{record['name']}/ "
+            f"({', '.join(record['files'])})"
+        )
+    return 0
+
+
 def _run_module(module: str, attr: str) -> Callable[[Any], int | None]:
     def run(cfg: Any) -> int | None:
         fn: Callable[[Any], int | None] = _lazy(module, attr)()
@@ -301,6 +314,11 @@ COMMANDS: dict[str, Command] = {
         _lazy("pipelines.nightly", "NightlyConfig"),
         _run_nightly,
         "Nightly regression: evaluation subset -> run -> compare with baseline; exit 3 on regression.",
+    ),
+    "generate": Command(
+        _lazy("pipelines.generate", "GenerateConfig"),
+        _run_generate,
+        "Image(s) -> Zero123++ six views -> LRM -> mesh + turntable (local, GPU if present).",
     ),
     "report": Command(
         _lazy("pipelines.report", "ReportConfig"),

@@ -7,6 +7,7 @@ from evaluation.predictors import PredictorError
 from evaluation.run_records import EvaluationInputError
 from filtering.cap3d import CaptionsError
 from filtering.objaverse_cache import CacheError
+from instantmesh.checkpoint import CheckpointError
 from pipelines.configs import ConfigError
 from pipelines.runner import StageLocked
 from pipelines.schema import ManifestError
@@ -21,6 +22,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     UnsafeUidError,
     BackendUnavailable,
     StageLocked,
+    CheckpointError,
     EvaluationInputError,
     DatasetError,
     PredictorError,
