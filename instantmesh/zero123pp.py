@@ -839,8 +839,8 @@ def from_pretrained(
             raise
         raise Zero123ppWeightsError(
             f"Zero123++ weights not found at {source!r}: not a local folder and not in the "
-            f"Hugging Face cache (downloads are off; fetch them once with "
-            f"`huggingface-cli download {MODEL_ID}` or pass the folder's path): {err}"
+            f"Hugging Face cache (downloads are off; fetch them once, e.g. "
+            f"`hf download {MODEL_ID}`, or pass the folder's path): {err}"
         ) from err
     if not isinstance(pipe, Zero123PlusPipeline):  # pragma: no cover - diffusers contract
         raise Zero123ppWeightsError(f"{source} loaded as {type(pipe).__name__}")

@@ -163,7 +163,14 @@ def test_lit_shading(backend: BlenderBackend, assets: dict[str, Path]) -> None:
         lit = backend.render(_cube(assets), [cam])[0]
     finally:
         backend.settings = original
-    np.testing.assert_array_equal(lit.depth, unlit.depth)
+    # Depth is a single-sample pass, identical for any shading; alpha (hence which silhouette
+    # pixels count as covered and get their depth filled from a neighbour) depends on samples.
+    both = lit.mask & unlit.mask
+    assert both.sum() >= 0.97 * max(lit.mask.sum(), unlit.mask.sum())
+    from scipy.ndimage import binary_erosion
+
+    interior = binary_erosion(both, iterations=1)
+    np.testing.assert_array_equal(lit.depth[interior], unlit.depth[interior])
     assert np.abs(lit.rgba[16, 16, :3] - unlit.rgba[16, 16, :3]).max() < 0.15
 
 

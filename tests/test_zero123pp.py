@@ -169,6 +169,15 @@ def build_tiny_zero123pp(folder: Path) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread() -> Any:
+    """Tiny tensors: one intra-op thread is faster than two (and immune to a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_zero123pp(tmp_path_factory.mktemp("zero123pp") / "zero123plus-v1.2")
