@@ -39,6 +39,7 @@ from rendering.backends import (
     prepare_object,
     unavailable_reason,
 )
+from rendering.backends.base import DEFAULT_MAX_FACES
 from rendering.normalize import Y_UP_SUFFIXES, Z_UP_SUFFIXES
 from rendering.output_layouts import (
     LAYOUT_DIRS,
@@ -96,6 +97,8 @@ class RenderConfig:
     filter, not the renderer, applies the 10 % criterion)."""
     timeout_s: float = 600.0
     """Per-object time limit (blender worker killed and respawned on timeout)."""
+    max_faces: int = DEFAULT_MAX_FACES
+    """Refuse objects declaring more triangles than this, before loading them (0 = no limit)."""
     threads: int = field(default=0, metadata=NO_HASH)
     """CPU threads per backend worker (0 = the worker's CPU reservation, --cpus-per-worker)."""
     max_objects_per_worker: int = field(default=200, metadata=NO_HASH)
@@ -153,7 +156,7 @@ def render_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
     assert ctx.scratch_dir is not None
     path, temporary = storage.local_path(row["mesh_uri"])
     try:
-        obj, _ = prepare_object(path)
+        obj, _ = prepare_object(path, max_faces=cfg.max_faces)
         transforms = row.get("transforms_uri") or None
         record = render_layout(
             ctx.state,

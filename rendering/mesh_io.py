@@ -68,6 +68,61 @@ def _check_glb_header(path: Path, size: int) -> None:
         )
 
 
+class MeshTooLarge(MeshLoadError):
+    """A mesh whose declared face count exceeds the configured limit (checked before loading)."""
+
+
+def declared_face_count(path: str | os.PathLike[str]) -> int | None:
+    """Triangles a mesh file declares, read cheaply **before** loading it: GLB/glTF from the
+    index accessors' counts in the JSON, OBJ by counting ``f`` lines (each n-gon counts n - 2),
+    streaming. ``None`` for other formats or when the file cannot be read this way."""
+    import json
+
+    p = Path(path)
+    suffix = p.suffix.lower()
+    try:
+        if suffix in (".glb", ".gltf"):
+            if suffix == ".glb":
+                parsed = _glb_json(p.read_bytes()[: 1 << 26])
+                if parsed is None:
+                    return None
+                doc = parsed[0]
+            else:
+                doc = json.loads(p.read_text())
+            accessors = doc.get("accessors", [])
+            total = 0
+            for mesh in doc.get("meshes", []):
+                for prim in mesh.get("primitives", []):
+                    if prim.get("mode", 4) != 4:
+                        continue
+                    if "indices" in prim:
+                        total += int(accessors[prim["indices"]]["count"]) // 3
+                    elif "POSITION" in prim.get("attributes", {}):
+                        total += int(accessors[prim["attributes"]["POSITION"]]["count"]) // 3
+            return total
+        if suffix == ".obj":
+            total = 0
+            with open(p, "rb") as fh:
+                for line in fh:
+                    if line.startswith(b"f "):
+                        total += max(len(line.split()) - 3, 0)
+            return total
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    return None
+
+
+def check_face_limit(path: str | os.PathLike[str], max_faces: int | None) -> None:
+    """Raise :class:`MeshTooLarge` when ``path`` declares more than ``max_faces`` triangles."""
+    if not max_faces:
+        return
+    n = declared_face_count(path)
+    if n is not None and n > max_faces:
+        raise MeshTooLarge(
+            f"{path}: {n} faces exceed the limit of {max_faces} (raise it with --max-faces)"
+        )
+
+
 def load_mesh(path: str | os.PathLike[str]) -> trimesh.Trimesh:
     """Load ``path`` as one world-space triangle mesh (see module docstring for errors)."""
     scene = load_scene(path)

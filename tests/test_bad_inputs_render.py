@@ -49,3 +49,22 @@ def test_bad_inputs_are_failed_rows_and_good_objects_render(backend: str, tmp_pa
         assert path.name in rows[uid]["error"], kind  # the message names the file
     published = {p.name for p in (tmp_path / "out" / "rendering_zero123plus").iterdir()}
     assert published - {".staging"} == {"good_a", "good_b"}
+
+
+def test_face_limit_refuses_big_meshes_before_loading(tmp_path: Path) -> None:
+    from bad_corpus import big_mesh
+
+    from rendering import procedural as pg
+    from rendering.backends import prepare_object
+    from rendering.mesh_io import MeshTooLarge, declared_face_count
+
+    mesh = big_mesh(5000)  # 5120 faces
+    glb = tmp_path / "big.glb"
+    glb.write_bytes(pg.glb_bytes(mesh))
+    obj = tmp_path / "big.obj"
+    obj.write_text(mesh.export(file_type="obj"))
+    assert declared_face_count(glb) == len(mesh.faces) == declared_face_count(obj)
+    for path in (glb, obj):
+        with pytest.raises(MeshTooLarge, match="5120 faces exceed the limit of 1000"):
+            prepare_object(path, max_faces=1000)
+        prepare_object(path, max_faces=10_000)  # under the limit: loads

@@ -33,7 +33,13 @@ import numpy as np
 import trimesh
 
 from rendering.cameras import Camera
-from rendering.mesh_io import MeshLoadError, load_scene, scene_to_mesh, texture_problems
+from rendering.mesh_io import (
+    MeshLoadError,
+    check_face_limit,
+    load_scene,
+    scene_to_mesh,
+    texture_problems,
+)
 from rendering.normalize import (
     Y_UP_SUFFIXES,
     Y_UP_TO_Z_UP,
@@ -42,6 +48,10 @@ from rendering.normalize import (
     normalization_transform,
     source_up_for,
 )
+
+DEFAULT_MAX_FACES = 5_000_000
+"""Objects declaring more triangles are refused before loading (``--max-faces``): one such mesh
+costs ~0.5 GB in trimesh and minutes per view in the CPU rasterizer; 0 disables the check."""
 
 
 class RenderError(RuntimeError):
@@ -130,7 +140,9 @@ class Backend(Protocol):
 
 
 def prepare_object(
-    path: str | os.PathLike[str], scene: trimesh.Scene | None = None
+    path: str | os.PathLike[str],
+    scene: trimesh.Scene | None = None,
+    max_faces: int | None = DEFAULT_MAX_FACES,
 ) -> tuple[RenderObject, trimesh.Scene]:
     """Load ``path`` (or use the already loaded ``scene``), compute its normalization and return
     the :class:`RenderObject` with the scene. Raises ``MeshLoadError`` for unusable files."""
@@ -139,6 +151,7 @@ def prepare_object(
         source_up = source_up_for(path)
     except ValueError as e:
         raise RenderError(str(e)) from e
+    check_face_limit(path, max_faces)
     problems = texture_problems(path)
     if problems:
         raise MeshLoadError(f"{path}: {'; '.join(problems)}")

@@ -322,6 +322,7 @@ class NvdiffrastBackend:
         except RuntimeError as e:
             raise RenderError(f"{obj.path}: nvdiffrast failed: {e}") from e
 
+    @torch.no_grad()
     def _render_batch(
         self, mesh: _GpuMesh, cameras: list[Camera], planes: list[tuple[float, float] | None]
     ) -> list[View]:
