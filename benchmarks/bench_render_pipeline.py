@@ -108,7 +108,13 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=32)
     ap.add_argument("--samples", type=int, default=4, help="Cycles samples (blender)")
     ap.add_argument("--shading", choices=["lit", "unlit"], default="lit")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="backend threads on both sides (default 1: on a shared machine torch's 2-thread "
+        "CPU rasterizer slows down several-fold under oversubscription, swamping the overhead)",
+    )
     ap.add_argument("--shard-size", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument(
@@ -121,7 +127,7 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Ray starts its workers at niceness 15: harmless on an idle machine, but on a shared one
     # it starves the pipeline's actor (and its Blender child) relative to the loop.
-    os.environ["RAY_worker_niceness"] = str(args.ray_niceness)
+    os.environ["RAY_worker_niceness"] = str(args.ray_niceness)  # noqa: SIM112 (Ray reads this exact case)
 
     from pipelines.ray_session import ray_session
     from pipelines.render import RenderConfig
