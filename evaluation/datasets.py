@@ -46,7 +46,6 @@ untextured with ``mesh.metadata["has_texture"] = False`` and a note; it is not a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -64,6 +63,7 @@ from PIL import Image
 from trimesh.resolvers import Resolver
 from trimesh.visual.texture import TextureVisuals
 
+from filtering.objaverse_cache import sha256_file
 from rendering.mesh_io import MeshLoadError, scene_to_mesh
 
 log = logging.getLogger(__name__)
@@ -729,12 +729,8 @@ def _finish(
     return mesh
 
 
-def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+file_sha256 = sha256_file
+"""SHA-256 hex digest of a file, streamed (the one implementation, shared with ingestion)."""
 
 
 __all__ = [
