@@ -78,6 +78,21 @@ def tag_names(annotation: Mapping[str, Any] | None) -> list[str]:
     return [str(t.get("name", "")) for t in annotation.get("tags") or [] if isinstance(t, dict)]
 
 
+def _corrupt_shards(versioned: Path, shards: set[str]) -> dict[str, str]:
+    """Shards whose file is not gzip-compressed JSON of an object, with the cause."""
+    bad: dict[str, str] = {}
+    for shard in sorted(shards):
+        path = versioned / "metadata" / f"{shard}.json.gz"
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                data = json.load(f)
+            if not isinstance(data, dict):
+                raise ValueError(f"top level is {type(data).__name__}, not an object")
+        except (ValueError, OSError, EOFError) as e:
+            bad[shard] = f"{type(e).__name__}: {e}"
+    return bad
+
+
 def read_cache(
     cache_root: str | os.PathLike[str], *, compute_sha256: bool = True
 ) -> list[dict[str, Any]]:
@@ -104,9 +119,18 @@ def read_cache(
             s for s in set(shards.values()) if (versioned / "metadata" / f"{s}.json.gz").is_file()
         }
         annotations: dict[str, Any] = {}
+        corrupt: dict[str, str] = {}
         with_meta = [u for u in uids if shards[u] in present_shards]
         if with_meta:
-            annotations = ov.load_annotations(with_meta)
+            try:
+                annotations = ov.load_annotations(with_meta)
+            except (ValueError, OSError, EOFError):
+                # Find the unreadable shard(s) (only on failure: reading every shard twice
+                # would double ingestion), treat them like missing shards, load the rest.
+                corrupt = _corrupt_shards(versioned, present_shards)
+                present_shards -= set(corrupt)
+                with_meta = [u for u in uids if shards[u] in present_shards]
+                annotations = ov.load_annotations(with_meta) if with_meta else {}
         lvis: dict[str, list[str]] = (
             ov.load_lvis_annotations() if (versioned / LVIS_FILE).is_file() else {}
         )
@@ -117,7 +141,11 @@ def read_cache(
     for uid in uids:
         ann = annotations.get(uid)
         path = local_paths.get(uid, str(versioned / object_paths[uid]))
-        if shards[uid] not in present_shards:
+        if shards[uid] in corrupt:
+            meta_error = (
+                f"metadata shard {shards[uid]}.json.gz is unreadable ({corrupt[shards[uid]]})"
+            )
+        elif shards[uid] not in present_shards:
             meta_error = f"metadata shard {shards[uid]}.json.gz missing from the cache"
         elif ann is None:
             meta_error = f"uid not found in metadata shard {shards[uid]}.json.gz"
