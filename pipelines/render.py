@@ -154,6 +154,8 @@ def _wants_benchmark(cfg: RenderConfig, row: dict[str, Any]) -> bool:
 def render_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
     cfg: RenderConfig = ctx.config
     assert ctx.scratch_dir is not None
+    if row.get("outside_input"):
+        raise ConfigError(f"{row['mesh_uri']}: symlink resolves outside the input folder (refused)")
     path, temporary = storage.local_path(row["mesh_uri"])
     try:
         obj, _ = prepare_object(path, max_faces=cfg.max_faces)
@@ -221,17 +223,23 @@ def manifest_from_input(input_path: str) -> pa.Table:
     if not files:
         raise ConfigError(f"--input {input_path}: no mesh files ({', '.join(MESH_SUFFIXES)})")
     rows, seen = [], set()
+    root = p.resolve() if p.is_dir() else p.parent.resolve()
     for f in files:
         uid = _UID_SAFE.sub("_", f.stem).strip("._") or "object"
         if uid in seen:
             uid = f"{uid}-{hashlib.sha1(str(f).encode()).hexdigest()[:8]}"
         seen.add(uid)
+        target = f.resolve()
+        inside = target.is_relative_to(root)
         rows.append(
             {
                 "uid": uid,
                 "source": "synthetic",
-                "mesh_uri": str(f.resolve()),
-                "sha256": hashlib.sha256(f.read_bytes()).hexdigest(),
+                # A symlink leading outside the input folder is listed under its own path, so
+                # its object fails with a row saying so instead of reading the target.
+                "mesh_uri": str(target if inside else f.absolute()),
+                "sha256": hashlib.sha256(target.read_bytes()).hexdigest() if inside else None,
+                "outside_input": not inside,
             }
         )
     return manifest_from_rows(rows)

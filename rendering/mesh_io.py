@@ -295,6 +295,11 @@ def texture_problems(
     problems: list[str] = []
 
     def check_file(f: Path) -> None:
+        try:
+            f.resolve().relative_to(p.parent.resolve())
+        except ValueError:
+            problems.append(f"texture path {f} resolves outside the mesh's folder (refused)")
+            return
         if not f.is_file():
             problems.append(f"missing texture file {f}")
         else:

@@ -68,3 +68,41 @@ def test_face_limit_refuses_big_meshes_before_loading(tmp_path: Path) -> None:
         with pytest.raises(MeshTooLarge, match="5120 faces exceed the limit of 1000"):
             prepare_object(path, max_faces=1000)
         prepare_object(path, max_faces=10_000)  # under the limit: loads
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_symlinks_and_texture_paths_leading_outside_are_refused(tmp_path: Path) -> None:
+    from pipelines.render import RenderConfig, run_render
+    from pipelines.schema import read_parquet
+    from rendering import procedural as pg
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = good_mesh(outside, "secret.glb")
+    src = tmp_path / "in"
+    src.mkdir()
+    good_mesh(src, "good.glb")
+    (src / "link.glb").symlink_to(secret)
+    (outside / "tex.png").write_bytes(b"")  # a texture outside the mesh's folder
+    mesh = pg.textured(pg.make_shape("box", 0), pg.make_texture("checker", 0))
+    (src / "escape.mtl").write_text(pg.mtl_text("../outside/tex.png"))
+    (src / "escape.obj").write_text(pg.obj_text(mesh, "escape.mtl"))
+    report = run_render(
+        RenderConfig(
+            input=str(src),
+            out=str(tmp_path / "out"),
+            backend="cpu",
+            layout="zero123pp",
+            size=16,
+            run=RunOptions(workers=1, progress=False),
+        )
+    )
+    rows = {r["uid"]: r for r in read_parquet(report.status_uri).to_pylist()}
+    assert rows["good"]["status"] == "ok"
+    assert (
+        rows["link"]["status"] == "failed" and "outside the input folder" in rows["link"]["error"]
+    )
+    assert (
+        rows["escape"]["status"] == "failed"
+        and "outside the mesh's folder" in rows["escape"]["error"]
+    )
