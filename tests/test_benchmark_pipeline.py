@@ -252,3 +252,38 @@ def test_instantmesh_predictor_runs_a_saved_tiny_model_through_the_pipeline(
     for row in records.objects.to_pylist():
         if row["status"] != "ok":  # ... and then say so
             assert "no surface" in row["error"]
+
+
+def test_bad_predictions_are_failed_objects_with_their_cause(
+    evalsets: dict[str, Any], tmp_path: Path
+) -> None:
+    from pipelines.benchmark import BenchmarkConfig, run_benchmark
+
+    uids = sorted(
+        p.name for p in (evalsets["out"] / "gso" / "objects").iterdir() if p.name[0] != "."
+    )
+    mesh_dir = tmp_path / "meshes"
+    mesh_dir.mkdir()
+    (mesh_dir / f"{uids[0]}.obj").write_text("v nan 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+    (mesh_dir / f"{uids[1]}.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\n")  # no faces
+    # A single open triangle: non-manifold but a valid surface, so it is scored (badly).
+    (mesh_dir / f"{uids[2]}.obj").write_text("v -1 0 -1\nv 1 0 -1\nv 0 0 1\nf 1 2 3\n")
+    _, records = run_benchmark(
+        BenchmarkConfig(
+            evalsets=[str(evalsets["out"] / "gso")],
+            out=str(tmp_path / "run"),
+            predictor="mesh-dir",
+            mesh_dir=str(mesh_dir),
+            convention="identity",
+            lpips_net="none",
+            n_points=2000,
+            report=False,
+            run=OPTS,
+        )
+    )
+    status = {r["uid"]: r for r in records.objects.to_pylist()}
+    assert status[uids[0]]["status"] == "failed" and "non-finite" in status[uids[0]]["error"]
+    assert status[uids[1]]["status"] == "failed" and "no triangles" in status[uids[1]]["error"]
+    assert status[uids[2]]["status"] == "ok"
+    fs = records.geometry_metrics["fscore"].to_pylist()
+    assert len(fs) == 1 and fs[0] < 0.5
