@@ -82,7 +82,10 @@ class RenderConfig:
     seed: int = 0
     """Camera seed: cameras are a deterministic function of (uid, seed)."""
     samples: int = 16
-    """Cycles samples per pixel (blender)."""
+    """Samples per pixel (blender)."""
+    engine: Literal["cycles", "eevee"] = "cycles"
+    """Blender engine: cycles (path traced; the dataset default) or eevee (rasterized, runs
+    headless via EGL/Mesa; ~30 s shader compilation per worker on CPU)."""
     shading: Literal["lit", "unlit"] = "lit"
     """lit: uniform white environment light (blender); unlit: base colour as is."""
     device: Literal["auto", "cpu", "gpu"] = "auto"
@@ -118,6 +121,7 @@ class RenderConfig:
     def settings(self) -> RenderSettings:
         return RenderSettings(
             samples=self.samples,
+            engine=self.engine,
             shading=self.shading,
             device=self.device,
             threads=self.threads or max(1, int(self.cpus_per_worker)),

@@ -423,3 +423,15 @@ def _rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+def test_eevee_engine_renders_headless_with_the_same_conventions(assets: dict[str, Path]) -> None:
+    """EEVEE (EGL + Mesa, no GPU): same depth/normal conventions as Cycles (slow: shader
+    compilation takes ~30 s on a CPU)."""
+    cam = camera_from_spherical(0, 0, 3.0, 60, 32)
+    with BlenderBackend(RenderSettings(engine="eevee", samples=2, shading="unlit")) as eevee:
+        view = eevee.render(_cube(assets), [cam])[0]
+    assert view.depth[16, 16] == pytest.approx(2.0, abs=2e-3)
+    np.testing.assert_allclose(view.normal[16, 16], [1.0, 0.0, 0.0], atol=1e-2)
+    assert 0.2 < view.coverage < 1.0

@@ -71,7 +71,10 @@ class RenderSettings:
     """Backend-independent render settings."""
 
     samples: int = 16
-    """Samples per pixel (Blender Cycles); rasterizers ignore it."""
+    """Samples per pixel (Blender Cycles / EEVEE); rasterizers ignore it."""
+    engine: Literal["cycles", "eevee"] = "cycles"
+    """Blender engine: Cycles (path tracing, the dataset default) or EEVEE (rasterized; runs
+    headless without a GPU through EGL/Mesa); other backends ignore it."""
     shading: Literal["lit", "unlit"] = "lit"
     """``unlit``: the surface's base colour (texture x factor x vertex colour) as is;
     ``lit``: Blender's path-traced uniform white environment (rasterizers render ``unlit``

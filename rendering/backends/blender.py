@@ -329,6 +329,7 @@ class BlenderBackend:
             ],
             "out_dir": str(out_dir),
             "samples": int(self.settings.samples),
+            "engine": self.settings.engine,
             "shading": self.settings.shading,
             "threads": int(self.settings.threads),
         }

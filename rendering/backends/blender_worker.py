@@ -255,7 +255,13 @@ class Worker:
         bpy = self.bpy
         scene = bpy.context.scene
         render = scene.render
-        render.engine = "CYCLES"
+        if req.get("engine", "cycles") == "eevee":
+            # EEVEE runs headless (EGL + Mesa without a GPU): rasterized, fast, approximate
+            # lighting. Same passes and conventions as Cycles.
+            render.engine = "BLENDER_EEVEE"
+            scene.eevee.taa_render_samples = max(1, int(req["samples"]))
+        else:
+            render.engine = "CYCLES"
         cycles = scene.cycles
         cycles.device = "CPU" if self.device_type == "CPU" else "GPU"
         cycles.samples = max(1, int(req["samples"]))
