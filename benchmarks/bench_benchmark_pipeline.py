@@ -27,6 +27,11 @@ def main() -> None:
     ap.add_argument("--objects", type=int, default=6)
     ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--resolution", type=int, default=48)
+    ap.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run the pipeline on a local 2-node Ray cluster (1 CPU per node) instead of one node",
+    )
     args = ap.parse_args()
 
     from evaluation.evaluate_object import EvalOptions, evaluate_object
@@ -42,7 +47,15 @@ def main() -> None:
     make_fixtures(FixturesConfig(out=str(tmp / "fx"), gso_objects=args.objects))
     paths = fixture_paths(tmp / "fx")
     quiet = RunOptions(workers=1, progress=False)
-    with ray_session(num_cpus=2):
+    cluster = None
+    address = None
+    if args.cluster:
+        from ray.cluster_utils import Cluster
+
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+        cluster.add_node(num_cpus=1)
+        address = cluster.address
+    with ray_session(address=address, num_cpus=None if address else 2):
         run_evalset(
             EvalsetConfig(
                 dataset="gso",
@@ -84,7 +97,10 @@ def main() -> None:
             )
             times[workers] = time.perf_counter() - t0
 
+    if cluster is not None:
+        cluster.shutdown()
     n = len(objects)
+    print(f"ray: {'local 2-node cluster (1 CPU each)' if args.cluster else 'one node, 2 CPUs'}")
     print(f"machine: {platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}")
     print(
         f"objects: {n}, views {args.size}px (21 orbit), visual-hull {args.resolution}^3, 16K points"
