@@ -52,6 +52,8 @@ from rendering.output_layouts import (
 )
 
 MESH_SUFFIXES = Y_UP_SUFFIXES + Z_UP_SUFFIXES
+NATIVE_ONLY_SUFFIXES = (".fbx",)
+"""Formats our Python loaders cannot read: Blender imports them and reports their bounds."""
 REFUSED_SUFFIXES = (".blend",)
 """Scene files that are listed (so each gets a failed status row saying why) but never opened:
 a .blend can carry auto-run Python."""
@@ -162,7 +164,15 @@ def render_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
         raise ConfigError(f"{row['mesh_uri']}: symlink resolves outside the input folder (refused)")
     path, temporary = storage.local_path(row["mesh_uri"])
     try:
-        obj, _ = prepare_object(path, max_faces=cfg.max_faces)
+        if path.suffix.lower() in NATIVE_ONLY_SUFFIXES:
+            prepare_native = getattr(ctx.state, "prepare_native", None)
+            if prepare_native is None:
+                raise ConfigError(
+                    f"{path}: {path.suffix} files can only be rendered with --backend blender"
+                )
+            obj = prepare_native(path)
+        else:
+            obj, _ = prepare_object(path, max_faces=cfg.max_faces)
         transforms = row.get("transforms_uri") or None
         record = render_layout(
             ctx.state,

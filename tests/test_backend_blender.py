@@ -435,3 +435,32 @@ def test_eevee_engine_renders_headless_with_the_same_conventions(assets: dict[st
     assert view.depth[16, 16] == pytest.approx(2.0, abs=2e-3)
     np.testing.assert_allclose(view.normal[16, 16], [1.0, 0.0, 0.0], atol=1e-2)
     assert 0.2 < view.coverage < 1.0
+
+
+def test_fbx_is_normalized_by_blender_and_matches_the_glb(tmp_path: Path) -> None:
+    """FBX (which our Python loaders cannot read) gets its normalization from Blender's own
+    import; rendered like the same object as GLB, the silhouettes agree."""
+    import subprocess
+    import sys
+
+    from rendering import procedural as pg
+
+    box = trimesh.creation.box(extents=(0.4, 1.6, 0.8))  # tall along file-Y
+    glb = tmp_path / "box.glb"
+    glb.write_bytes(pg.glb_bytes(pg.textured(box, pg.make_texture("checker", 0))))
+    fbx = tmp_path / "box.fbx"
+    script = (
+        "import bpy\n"
+        "bpy.ops.wm.read_homefile(use_empty=True)\n"
+        f"bpy.ops.import_scene.gltf(filepath={str(glb)!r})\n"
+        f"bpy.ops.export_scene.fbx(filepath={str(fbx)!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, timeout=120)
+    cam = camera_from_spherical(30, 10, 3.5, 50, 48)
+    with BlenderBackend(SETTINGS) as blender:
+        native = blender.prepare_native(fbx)
+        from_fbx = blender.render(native, [cam])[0]
+        from_glb = blender.render(prepare_object(glb)[0], [cam])[0]
+    iou = (from_fbx.mask & from_glb.mask).sum() / (from_fbx.mask | from_glb.mask).sum()
+    assert iou > 0.97
+    assert native.bounds_world[:, 2].ptp() == pytest.approx(2.0)  # tall in world Z

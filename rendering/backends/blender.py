@@ -281,6 +281,51 @@ class BlenderBackend:
             self._spawn()
         return self.worker_info
 
+    def prepare_native(self, path: str | os.PathLike[str]) -> RenderObject:
+        """A :class:`RenderObject` for a format only Blender reads (FBX): the worker imports
+        the file and reports its bounds in Blender's frame (importer rotation applied); the
+        normalization is computed from those, so ``file_to_world`` keeps its meaning (file
+        coordinates, before the importer's rotation -> normalized world)."""
+        from rendering.normalize import normalization_transform
+
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix not in IMPORTER_ROTATION:
+            raise RenderError(f"{path}: the blender backend cannot import {suffix!r}")
+        if not path.is_file():
+            raise RenderError(f"{path}: no such file")
+        if self._proc is None or self._proc.poll() is not None:
+            self.start()
+        self._next_id += 1
+        request = {"op": "bounds", "id": self._next_id, "path": str(path.resolve())}
+        try:
+            reply = self._call(request, self.timeout_s)
+        except _WorkerTimeout:
+            self._kill_worker()
+            self.timeouts += 1
+            raise RenderTimeout(
+                f"{path}: importing took longer than {self.timeout_s:g} s"
+            ) from None
+        except _WorkerGone as e:
+            self._kill_worker()
+            raise RenderError(f"{path}: the Blender worker died while importing ({e})") from None
+        if not reply.get("ok"):
+            error = str(reply.get("error", "unknown error"))
+            raise RenderError(error if str(path) in error else f"{path}: {error}")
+        bounds = np.asarray(reply["bounds"], dtype=np.float64)
+        try:
+            normalize = normalization_transform(bounds)
+        except ValueError as e:
+            raise RenderError(f"{path}: {e}") from e
+        rotation = IMPORTER_ROTATION[suffix]
+        centred = (bounds - bounds.mean(axis=0)) * normalize[0, 0]
+        return RenderObject(
+            path=path,
+            file_to_world=normalize @ rotation,
+            source_up="y" if rotation[1, 2] != 0 else "z",
+            bounds_world=centred,
+        )
+
     def render(self, obj: RenderObject, cameras: Sequence[Camera]) -> list[View]:
         t0 = time.perf_counter()
         path = Path(obj.path)

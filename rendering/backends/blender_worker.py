@@ -170,6 +170,36 @@ class Worker:
             },
         }
 
+    def bounds(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Import ``path`` as Blender does and return the axis-aligned bounds of its mesh
+        vertices in Blender's world frame (importer rotation applied): the client normalizes
+        formats only Blender can read (FBX) from these."""
+        import numpy as np
+
+        path = Path(req["path"])
+        suffix = path.suffix.lower()
+        if suffix not in IMPORTERS or suffix == ".blend":
+            raise WorkerError(f"{path}: unsupported suffix {suffix!r}")
+        self._reset()
+        self._import(path, IMPORTERS[suffix])
+        self.bpy.context.view_layer.update()
+        lows, highs = [], []
+        for obj in self.bpy.data.objects:
+            if obj.type != "MESH" or len(obj.data.vertices) == 0:
+                continue
+            co = np.empty(len(obj.data.vertices) * 3, dtype=np.float64)
+            obj.data.vertices.foreach_get("co", co)
+            m = np.array(obj.matrix_world, dtype=np.float64)
+            world = co.reshape(-1, 3) @ m[:3, :3].T + m[:3, 3]
+            if not np.isfinite(world).all():
+                raise WorkerError(f"{path}: non-finite vertex coordinates")
+            lows.append(world.min(axis=0))
+            highs.append(world.max(axis=0))
+        if not lows:
+            raise WorkerError(f"{path}: the file imported no mesh with vertices")
+        lo, hi = np.min(lows, axis=0), np.max(highs, axis=0)
+        return {"ok": True, "bounds": [lo.tolist(), hi.tolist()]}
+
     def _reset(self) -> None:
         self.bpy.ops.wm.read_homefile(use_empty=True, use_factory_startup=True)
         self._secure_preferences()  # cheap; keeps the invariant even if a reset touched it
@@ -427,6 +457,9 @@ def _serve(worker: Worker, requests: Any, reply: Any) -> None:
             if op == "exit":
                 send({"op": "bye", "id": req_id, "ok": True})
                 return
+            if op == "bounds":
+                send({"op": "result", "id": req_id, **worker.bounds(req)})
+                continue
             if op == "ping":
                 send({**worker.hello(), "op": "pong", "id": req_id})
                 continue
