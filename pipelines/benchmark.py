@@ -367,13 +367,24 @@ def compile_run_records(cfg: EvaluateConfig, dataset: str, report: StageReport) 
             storage.join(cfg.out, f"predict-{dataset}", "status.parquet")
         ).to_pylist()
     }
+    build_uri = storage.join(cfg.evalset, "evalset-build", "status.parquet")
+    gt_status = (
+        {r["uid"]: r for r in read_parquet(build_uri).to_pylist()}
+        if storage.exists(build_uri)
+        else {}
+    )
     image_rows, geo_rows, obj_rows = [], [], []
     for s in status:
         uid = s["uid"]
         ids = {"dataset": dataset, "uid": uid}
         p = pstatus.get(uid)
         if s["status"] != "ok":
-            cause = p if p is not None and p["status"] != "ok" else s
+            # The first cause wins: a GT object that could not be built, then the prediction.
+            g = gt_status.get(uid)
+            if g is not None and g["status"] != "ok":
+                cause = {**g, "error": f"evaluation set: {g['error']}"}
+            else:
+                cause = p if p is not None and p["status"] != "ok" else s
             obj_rows.append(
                 {
                     **ids,
