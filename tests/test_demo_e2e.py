@@ -34,6 +34,7 @@ def _imesh(*args: str) -> subprocess.CompletedProcess[str]:
 
 # (stage whose part files signal "inside this job", parts to wait for) in demo order.
 KILL_POINTS = [
+    ("filter/filter-coverage/parts", 2),
     ("renders/render-instantmesh32/parts", 2),
     ("evalsets/omni3d/evalset-build/parts", 2),
     ("runs/visual-hull/predict-omni3d/parts", 2),
@@ -86,10 +87,10 @@ def test_demo_runs_end_to_end_survives_kills_and_resumes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "demo"
-    # kill -9 the driver inside several jobs (render, evalset, predict, evaluate), rerunning
+    # kill -9 the driver inside several jobs (filter, render, evalset, predict, evaluate), rerunning
     # each time; the final run completes what is left.
     killed = [_run_until(out, parts, n) for parts, n in KILL_POINTS]
-    assert sum(killed) >= 3, f"kills landed inside jobs: {killed}"
+    assert sum(killed) >= 4, f"kills landed inside jobs: {killed}"
     proc = _imesh("demo", "--out", str(out), "--run.no-progress")
     assert "inspected objects" in proc.stdout and "failed objects: 1" in proc.stdout
 
@@ -133,6 +134,9 @@ def test_demo_runs_end_to_end_survives_kills_and_resumes(
     hull = pd.read_parquet(out / "runs" / "visual-hull" / "metrics" / "geometry_metrics.parquet")
     assert 0.2 < hull["fscore"].mean() < 0.99
     # every stage: outputs exactly once, validated, status rows consistent with what was published
+    for stage in ("filter-files", "filter-coverage"):
+        filt = _check_stage(out / "filter" / stage, None)
+        assert set(filt["status"]) == {"ok"}
     render = _check_stage(out / "renders" / "render-instantmesh32", renders)
     assert sorted(render["uid"]) == sorted(good["good_objs"]) and set(render["status"]) == {"ok"}
     published = [p.name for p in renders.iterdir() if p.name != ".staging"]
