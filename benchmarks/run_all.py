@@ -69,7 +69,7 @@ BENCHES = (
         "CPU rasterizer vs trimesh ray casting",
         "512^2 / 20k faces < 1 s",
         (),
-        r"speed-up|x faster|ms/view",
+        r"^\s*\d+\s+512 \|",
     ),
     Bench(
         "blender_worker",
