@@ -59,6 +59,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -186,8 +187,10 @@ def _prepare_plugin_build(nvdiffrast: Any, device: torch.device) -> None:
         build_dir = cpp_extension._get_build_directory(name, False)
         if build_dir not in sys.path:
             sys.path.append(build_dir)
-    except Exception:
-        pass
+    except (RuntimeError, OSError, AttributeError) as e:
+        # Only a hint for the JIT build: if it cannot be given, the build itself reports the
+        # real problem, which becomes BackendUnavailable with nvdiffrast's message.
+        warnings.warn(f"nvdiffrast build hints not applied: {e}", RuntimeWarning, stacklevel=2)
 
 
 @dataclass(frozen=True, eq=False)
