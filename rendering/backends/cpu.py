@@ -540,6 +540,20 @@ def _face_normals(mesh: RasterMesh, face: torch.Tensor, eye: torch.Tensor) -> to
     return torch.where(facing[:, None] < 0, -n, n)
 
 
+def visible_faces(mesh: RasterMesh, camera: Camera) -> tuple[torch.Tensor, torch.Tensor]:
+    """Visibility only: ``(pixels, faces)``, the flattened (row-major) indices of the covered
+    pixels and the index of the face seen at each (same z-buffer and tie rules as
+    :func:`rasterize_raster_mesh`). Differentiable renderers recompute the barycentrics of
+    these (pixel, face) pairs with autograd (``instantmesh.mesh_render``)."""
+    if mesh.n_faces == 0:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return empty, empty
+    screen = _setup(mesh, camera)
+    _, fbuf = _visibility(screen, camera.width, camera.height)
+    q = torch.nonzero(fbuf != _NO_FACE).squeeze(1)
+    return q, _take(screen.face, _take(fbuf, q))
+
+
 def rasterize_raster_mesh(mesh: RasterMesh, camera: Camera) -> View:
     """Render a prepared :class:`RasterMesh` (world space) with ``camera`` (see
     :func:`rasterize` and the module docstring for the conventions)."""
