@@ -28,6 +28,12 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--resolution", type=int, default=48)
     ap.add_argument(
+        "--lpips",
+        default="none",
+        help="LPIPS backbone for both sides: none, or vgg-random / alex-random (the real "
+        "network's cost with random weights: realistic per-object work without the weights)",
+    )
+    ap.add_argument(
         "--cluster",
         action="store_true",
         help="run the pipeline on a local 2-node Ray cluster (1 CPU per node) instead of one node",
@@ -70,7 +76,9 @@ def main() -> None:
 
         predictor = make_predictor("visual-hull", resolution=args.resolution)
         backend = make_backend("cpu", RenderSettings(shading="unlit"))
-        options = EvalOptions(lpips_net=None, n_points=16000)
+        options = EvalOptions(
+            lpips_net=None if args.lpips == "none" else args.lpips, n_points=16000
+        )
         warm = objects[0]  # warm-up (imports, allocator, torch threads) outside the timing
         evaluate_object(
             predictor.predict(PredictorInput(warm.name, "gso", warm)).mesh, warm, backend, options
@@ -90,7 +98,7 @@ def main() -> None:
                     out=str(tmp / f"run-{workers}"),
                     predictor="visual-hull",
                     resolution=args.resolution,
-                    lpips_net="none",
+                    lpips_net=args.lpips,
                     report=False,
                     run=RunOptions(workers=workers, shard_size=1, progress=False),
                 )
