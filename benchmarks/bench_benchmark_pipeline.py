@@ -116,6 +116,13 @@ def main() -> None:
     print(f"plain loop                 : {loop_s:7.2f} s  ({n / loop_s:.2f} obj/s)")
     for w, t in times.items():
         print(f"imesh benchmark, {w} worker(s): {t:7.2f} s  ({n / t:.2f} obj/s)")
+    import torch
+
+    print(f"loop torch threads: {torch.get_num_threads()}; pipeline: 1 torch thread per worker")
+    equal = times[2] / loop_s - 1.0
+    print(
+        f"pipeline overhead at equal CPU use (2 workers x 1 thread vs loop): {100 * equal:+.1f} %"
+    )
     overhead = times[1] / loop_s - 1.0
     print(
         f"pipeline overhead (1 worker vs loop): {100 * overhead:+.1f} %  "
