@@ -147,6 +147,34 @@ class FlexiCubesResult:
     head_points: int  # points the deformation/weight heads were evaluated at (corners counted)
 
 
+def _ids_to_ijk(ids: torch.Tensor, n: int) -> torch.Tensor:
+    """Flat grid-vertex ids -> (i, j, k) lattice coordinates (``n`` vertices per axis)."""
+    return torch.stack([ids // (n * n), (ids // n) % n, ids % n], dim=-1)
+
+
+def _extract(
+    positions: torch.Tensor,
+    sdf: torch.Tensor,
+    cubes: torch.Tensor,
+    cube_coords: torch.Tensor,
+    res: int,
+    weights: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FlexiCubes with the 21 per-cube weight channels split as upstream: beta [:12],
+    alpha [12:20], gamma [20]."""
+    return flexicubes_extract(
+        positions,
+        sdf,
+        cubes,
+        cube_coords,
+        res,
+        weights[:, :12],
+        weights[:, 12:20],
+        weights[:, 20],
+        WEIGHT_SCALE,
+    )
+
+
 def upstream_empty_shape_fix(sdf_volume: torch.Tensor) -> torch.Tensor:
     """Upstream's "fix some sdf if we observe empty shape" on an ``(n, n, n)`` SDF volume
     (``lrm_mesh.py`` ``get_sdf_deformation_prediction`` step 3, one object); returns the volume
@@ -222,17 +250,7 @@ def flexicubes_from_fields(
         if fix_empty_shape:
             sdf = upstream_empty_shape_fix(sdf.reshape(n, n, n)).reshape(-1)
         positions = verts + bound_deformation(raw_def)
-        vertices, faces = flexicubes_extract(
-            positions,
-            sdf,
-            cubes,
-            cube_coords,
-            res,
-            weights[:, :12],
-            weights[:, 12:20],
-            weights[:, 20],
-            WEIGHT_SCALE,
-        )
+        vertices, faces = _extract(positions, sdf, cubes, cube_coords, res, weights)
         n_surface = int(surface_cube_coords(sdf.reshape(n, n, n)).shape[0])
         return FlexiCubesResult(vertices, faces, n_surface, int(verts.shape[0]))
 
@@ -241,7 +259,7 @@ def flexicubes_from_fields(
     sdf_parts = []
     for start in range(0, n**3, step):
         ids = torch.arange(start, min(start + step, n**3), device=device)
-        ijk = torch.stack([ids // (n * n), (ids // n) % n, ids % n], dim=-1)
+        ijk = _ids_to_ijk(ids, n)
         sdf_parts.append(fields.sdf(grid_positions(ijk, res, scale)))
     volume = torch.cat(sdf_parts).reshape(n, n, n)
     if fix_empty_shape:
@@ -254,7 +272,7 @@ def flexicubes_from_fields(
         return FlexiCubesResult(empty, torch.zeros((0, 3), dtype=torch.long, device=device), 0, 0)
     corner_ijk = cube_corner_coords(cube_coords)  # (K, 8, 3)
     point_ids, cubes = torch.unique(vertex_ids(corner_ijk, res), return_inverse=True)
-    point_ijk = torch.stack([point_ids // (n * n), (point_ids // n) % n, point_ids % n], dim=-1)
+    point_ijk = _ids_to_ijk(point_ids, n)
     rest = grid_positions(point_ijk, res, scale)
     positions = rest + bound_deformation(_chunked(fields.raw_deformation, rest, step))
     weights = _chunked(
@@ -263,17 +281,7 @@ def flexicubes_from_fields(
         max(1, step // 8),
     )
     sdf = volume.reshape(-1)[point_ids]
-    vertices, faces = flexicubes_extract(
-        positions,
-        sdf,
-        cubes,
-        cube_coords,
-        res,
-        weights[:, :12],
-        weights[:, 12:20],
-        weights[:, 20],
-        WEIGHT_SCALE,
-    )
+    vertices, faces = _extract(positions, sdf, cubes, cube_coords, res, weights)
     head_points = int(point_ids.shape[0] + 8 * cube_coords.shape[0])
     return FlexiCubesResult(vertices, faces, int(cube_coords.shape[0]), head_points)
 
