@@ -82,18 +82,12 @@ def _inspect() -> type:
 
 
 def _run_inspect(cfg: Any) -> int:
-    from rich.console import Console
-
     from pipelines.inspect_meshes import run_inspect
     from pipelines.ray_session import ray_session
-    from pipelines.summary import errors_table, stage_table
 
     with ray_session(cfg.address):
         report = run_inspect(cfg)
-    console = Console()
-    console.print(stage_table([report]))
-    if report.errors:
-        console.print(errors_table(report.errors))
+    _print_reports([report])
     return 0
 
 
@@ -142,17 +136,12 @@ def _run_render(cfg: Any) -> int:
 
     from pipelines.ray_session import ray_session
     from pipelines.render import run_render
-    from pipelines.summary import errors_table, stage_table
+    from rendering.output_layouts import LAYOUT_DIRS
 
     with ray_session(cfg.address):
         report = run_render(cfg)
-    console = Console()
-    console.print(stage_table([report]))
-    if report.errors:
-        console.print(errors_table(report.errors))
-    from rendering.output_layouts import LAYOUT_DIRS
-
-    console.print(
+    _print_reports([report])
+    Console().print(
         f"renders: {cfg.out}/{LAYOUT_DIRS[cfg.layout]}/<uid>/  status: {report.status_uri}"
     )
     return 0
