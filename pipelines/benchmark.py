@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from evaluation.evaluate_object import EvalOptions, evaluate_object, png_bytes
+from evaluation.geometry import threshold_key
 from evaluation.predictors import (
     GPU_PREDICTORS,
     PREDICTORS,
@@ -278,7 +279,7 @@ def _evaluate_setup(cfg: EvaluateConfig) -> Any:
 def evaluate_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
     cfg: EvaluateConfig = ctx.config
     assert ctx.scratch_dir is not None
-    dataset = evalset_dataset(cfg.evalset)
+    dataset = str(row["source"])  # evaluation-set manifests name their dataset in `source`
     pred_url = storage.join(cfg.out, "predictions", dataset, ctx.uid)
     if storage.read_marker(pred_url) is None:
         raise PredictionMissing(f"no finished prediction for {ctx.uid} at {pred_url}")
@@ -306,11 +307,7 @@ def evaluate_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
     return {
         **out,
         "chamfer": geo["chamfer"],
-        "fscore": geo[f"fscore@{t:g}"] if f"fscore@{t:g}" in geo else geo[f"fscore@{t}"],
-        "precision": geo[f"precision@{t:g}"]
-        if f"precision@{t:g}" in geo
-        else geo[f"precision@{t}"],
-        "recall": geo[f"recall@{t:g}"] if f"recall@{t:g}" in geo else geo[f"recall@{t}"],
+        **{k: geo[threshold_key(k, t)] for k in ("fscore", "precision", "recall")},
     }
 
 
