@@ -50,6 +50,8 @@ class EvalOptions:
     seed: int = 0
     icp: bool = False
     background: float = 1.0
+    device: str | None = None
+    """Torch device of the image metrics (None: CUDA when visible, else CPU)."""
 
 
 @dataclass
@@ -114,7 +116,11 @@ def evaluate_object(
         pred_u8 = [rgba_u8(v) for v in rendered]
         pred_images = np.stack(pred_u8).astype(np.float32) / 255.0
         m = image_metrics(
-            pred_images, gt_images, background=options.background, lpips_net=options.lpips_net
+            pred_images,
+            gt_images,
+            background=options.background,
+            lpips_net=options.lpips_net,
+            device=options.device,
         )
         views[vs] = {k: np.asarray(v, dtype=np.float64) for k, v in m.items()}
         renders[vs] = pred_u8

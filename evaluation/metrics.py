@@ -39,12 +39,13 @@ pixels count as perfectly matching pixels), which is the "composite on white" pr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +58,7 @@ __all__ = [
     "LpipsUnavailable",
     "clear_lpips_cache",
     "composite",
+    "exact_fp32_convolutions",
     "image_metrics",
     "load_lpips",
     "lpips_backbone_path",
@@ -386,6 +388,29 @@ def clear_lpips_cache() -> None:
     _load_lpips_cached.cache_clear()
 
 
+@contextlib.contextmanager
+def exact_fp32_convolutions(device: Any) -> Iterator[None]:
+    """On a CUDA device, run cuDNN convolutions in IEEE FP32 inside the block (restored after).
+
+    torch's cuDNN default for float32 convolutions is TF32 (10-bit mantissa inputs) on Ampere
+    and newer GPUs: LPIPS computed that way is a different number from the CPU's. Metrics must
+    not depend on the card, so LPIPS always runs in FP32. Uses the ``fp32_precision`` API only
+    (mixing it with the legacy ``allow_tf32`` flags is an error in torch). CPU: no-op.
+    """
+    import torch
+
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    conv = torch.backends.cudnn.conv
+    previous = conv.fp32_precision
+    conv.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision = previous
+
+
 def lpips_distance(
     pred: FloatArray,
     gt: FloatArray,
@@ -399,7 +424,7 @@ def lpips_distance(
     model = load_lpips(lpips_net, device)
     dev = next(model.parameters()).device
     out = np.empty(len(pred), dtype=np.float64)
-    with torch.inference_mode():
+    with torch.inference_mode(), exact_fp32_convolutions(dev):
         for start in range(0, len(pred), batch_size):
             sl = slice(start, start + batch_size)
             x = torch.from_numpy(pred[sl]).to(dev, torch.float32).permute(0, 3, 1, 2)

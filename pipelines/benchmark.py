@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -91,6 +91,13 @@ class MetricOptions:
     """Refine the alignment with ICP before metrics (off: the paper protocol)."""
     seed: int = 0
     """Sampling seed."""
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=NO_HASH)
+    """Where evaluate actors compute LPIPS/SSIM: auto = CUDA when the Ray cluster has GPUs
+    (each actor then reserves --metrics-gpus-per-worker), else CPU; cuda = require GPUs. The
+    nvdiffrast backend needs CUDA. Values agree across devices up to float rounding (LPIPS
+    convolutions run in IEEE FP32 on GPUs too, never TF32)."""
+    metrics_gpus_per_worker: float = field(default=0.25, metadata=NO_HASH)
+    """GPU share each evaluate actor reserves when metrics run on CUDA."""
 
 
 @dataclass(kw_only=True)
@@ -290,6 +297,7 @@ def evaluate_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
         fscore_threshold=cfg.fscore_threshold,
         seed=cfg.seed,
         icp=cfg.icp,
+        device=cfg.device,  # "cpu" or "cuda": resolved by the driver (resolve_metrics_device)
     )
     result = evaluate_object(pred, object_dir(cfg.evalset, ctx.uid), ctx.state, options)
     out: dict[str, list[Any]] = {k: [] for k in ("view_set", "view", "psnr", "ssim", "lpips")}
@@ -311,13 +319,39 @@ def evaluate_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
     }
 
 
-def evaluate_stage(dataset: str) -> Stage:
+def resolve_metrics_device(cfg: MetricOptions, cluster_gpus: float) -> str:
+    """``cfg.device`` -> "cpu" or "cuda" for a cluster with ``cluster_gpus`` GPUs; a setting
+    that cannot run there is a :class:`ConfigError` naming the option."""
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda, got {cfg.device!r}")
+    if cfg.device == "cpu":
+        if cfg.backend == "nvdiffrast":
+            raise ConfigError("--backend nvdiffrast renders on CUDA: use --device auto or cuda")
+        return "cpu"
+    if cluster_gpus <= 0:
+        if cfg.device == "cuda" or cfg.backend == "nvdiffrast":
+            what = "--device cuda" if cfg.device == "cuda" else "--backend nvdiffrast"
+            raise ConfigError(
+                f"{what} needs GPUs but the Ray cluster has none "
+                "(use --device cpu / --backend cpu, or a cluster with GPU nodes)"
+            )
+        return "cpu"
+    if not 0 < cfg.metrics_gpus_per_worker <= cluster_gpus:
+        raise ConfigError(
+            f"--metrics-gpus-per-worker must be in (0, {cluster_gpus:g}] on this cluster, "
+            f"got {cfg.metrics_gpus_per_worker}"
+        )
+    return "cuda"
+
+
+def evaluate_stage(dataset: str, num_gpus: float = 0.0) -> Stage:
     return Stage(
         name=f"evaluate-{dataset}",
         process=evaluate_item,
         result_schema=EVALUATE_SCHEMA,
         item_output=f"eval_renders/{dataset}",
         setup=_evaluate_setup,
+        num_gpus=num_gpus,
     )
 
 
@@ -439,10 +473,15 @@ def compile_run_records(cfg: EvaluateConfig, dataset: str, report: StageReport) 
 
 def run_evaluate(cfg: EvaluateConfig) -> tuple[StageReport, RunRecords]:
     """Evaluate every prediction of the run on this evaluation set and write the run records."""
+    import ray
+
     dataset = evalset_dataset(cfg.evalset)
     _predict_info(cfg.out, dataset)
+    device = resolve_metrics_device(cfg, float(ray.cluster_resources().get("GPU", 0.0)))
+    cfg = replace(cfg, device=device)  # actors get the resolved device
+    gpus = cfg.metrics_gpus_per_worker if device == "cuda" else 0.0
     report = run_stage(
-        evaluate_stage(dataset), cfg, evalset_manifest(cfg.evalset), cfg.out, cfg.run
+        evaluate_stage(dataset, gpus), cfg, evalset_manifest(cfg.evalset), cfg.out, cfg.run
     )
     return report, compile_run_records(cfg, dataset, report)
 

@@ -120,6 +120,7 @@ def test_oracle_gets_perfect_scores_and_visual_hull_real_ones(
     assert np.array(hull.geometry_metrics["chamfer"].to_pylist()).mean() > 0.01
     run_json = json.loads((tmp_path / "hull" / "run.json").read_text())
     assert run_json["predictor"] == "visual-hull" and run_json["lpips_available"] is False
+    assert run_json["config"]["evaluate"]["device"] == "cpu"  # auto on a CPU-only cluster
     assert sorted(run_json["datasets"]) == ["gso", "omni3d"]
     first = hull.image_metrics.to_pylist()[0]
     assert Path(first["pred_uri"]).is_file() and Path(first["gt_uri"]).is_file()
@@ -287,3 +288,41 @@ def test_bad_predictions_are_failed_objects_with_their_cause(
     assert status[uids[2]]["status"] == "ok"
     fs = records.geometry_metrics["fscore"].to_pylist()
     assert len(fs) == 1 and fs[0] < 0.5
+
+
+@pytest.mark.parametrize(
+    ("device", "backend", "gpus", "expected"),
+    [
+        ("auto", "cpu", 0.0, "cpu"),
+        ("auto", "cpu", 2.0, "cuda"),
+        ("cpu", "cpu", 2.0, "cpu"),
+        ("cuda", "cpu", 1.0, "cuda"),
+        ("auto", "nvdiffrast", 1.0, "cuda"),
+        ("cuda", "cpu", 0.0, "needs GPUs"),
+        ("auto", "nvdiffrast", 0.0, "nvdiffrast needs GPUs"),
+        ("cpu", "nvdiffrast", 4.0, "renders on CUDA"),
+    ],
+)
+def test_metrics_device_resolution(device: str, backend: str, gpus: float, expected: str) -> None:
+    from pipelines.benchmark import EvaluateConfig, resolve_metrics_device
+    from pipelines.configs import ConfigError
+
+    cfg = EvaluateConfig(evalset="e", out="o", device=device, backend=backend)  # type: ignore[arg-type]
+    if expected in ("cpu", "cuda"):
+        assert resolve_metrics_device(cfg, gpus) == expected
+    else:
+        with pytest.raises(ConfigError, match=expected):
+            resolve_metrics_device(cfg, gpus)
+
+
+def test_evaluate_on_a_cpu_cluster_refuses_device_cuda(
+    evalsets: dict[str, Any], tmp_path: Path
+) -> None:
+    """Through the CLI: a clear one-line error and exit code 2, nothing evaluated."""
+    from pipelines.cli import main
+
+    run = tmp_path / "run"
+    common = ["--evalset", str(evalsets["out"] / "gso"), "--out", str(run), "--run.no-progress"]
+    assert main(["predict", *common, "--predictor", "oracle", "--run.workers", "1"]) == 0
+    assert main(["evaluate", *common, "--device", "cuda", "--lpips-net", "none"]) == 2
+    assert not (run / "evaluate-gso").exists()

@@ -280,3 +280,46 @@ def test_lpips_corrupt_backbone_file_is_unavailable(
     with pytest.raises(LpipsUnavailable, match="corrupt"):
         load_lpips("squeeze", "cpu")
     metrics.clear_lpips_cache()
+
+
+def test_lpips_convolutions_run_in_ieee_fp32_on_cuda_and_flags_are_restored() -> None:
+    """TF32 (torch's cuDNN default) would make GPU LPIPS a different number from the CPU's.
+    Setting the backend flag needs no GPU, so the switch itself is checked everywhere."""
+    import torch
+
+    conv = torch.backends.cudnn.conv
+    before = conv.fp32_precision
+    with metrics.exact_fp32_convolutions("cpu"):
+        assert conv.fp32_precision == before  # CPU: untouched
+    with metrics.exact_fp32_convolutions("cuda"):
+        assert conv.fp32_precision == "ieee"
+    assert conv.fp32_precision == before
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        metrics.exact_fp32_convolutions(torch.device("cuda", 0)),
+    ):
+        assert conv.fp32_precision == "ieee"
+        raise RuntimeError("boom")
+    assert conv.fp32_precision == before
+
+
+@pytest.mark.gpu
+def test_lpips_on_cuda_equals_cpu() -> None:
+    import copy
+
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    rng = np.random.default_rng(0)
+    gt = rng.random((3, 64, 64, 3))
+    pred = np.clip(gt + rng.normal(0, 0.1, gt.shape), 0, 1)
+    cpu_model = load_lpips("vgg-random", "cpu")
+    cuda_model = copy.deepcopy(cpu_model).to("cuda")
+    x = torch.from_numpy(pred).float().permute(0, 3, 1, 2) * 2 - 1
+    y = torch.from_numpy(gt).float().permute(0, 3, 1, 2) * 2 - 1
+    with torch.inference_mode():
+        ref = cpu_model(x, y).reshape(-1).double().numpy()
+        with metrics.exact_fp32_convolutions("cuda"):
+            got = cuda_model(x.cuda(), y.cuda()).reshape(-1).double().cpu().numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
