@@ -24,6 +24,7 @@ image metrics against an untextured GT would be meaningless; the report counts i
 
 from __future__ import annotations
 
+import builtins
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +79,8 @@ class EvalsetConfig:
     """GSO: objects drawn at random (paper: 300)."""
     seed: int = 0
     """GSO sampling seed; also the seed of the seeded cameras."""
-    categories: list[str] | None = None
+    # builtins.list: the field `list` below would shadow the type when annotations are resolved.
+    categories: builtins.list[str] | None = None
     """Omni3D categories (default: the 28 largest categories, ties by name; see docs)."""
     per_category: int = 5
     """Omni3D: first N objects (lowest indices) per category (paper: 5)."""

@@ -23,6 +23,13 @@ def test_subcommand_help_explains_options(capsys: pytest.CaptureFixture[str]) ->
     assert "--run.workers" in out and "--config" in out
 
 
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_subcommand_help_works(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each command's options resolve (a field shadowing a type once broke `evalset`)."""
+    assert main([command, "--help"]) == 0
+    assert "usage: imesh " + command in capsys.readouterr().out
+
+
 def test_unknown_command_and_bad_input_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
