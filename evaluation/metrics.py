@@ -402,7 +402,7 @@ def exact_fp32_convolutions(device: Any) -> Iterator[None]:
     if torch.device(device).type != "cuda":
         yield
         return
-    conv = torch.backends.cudnn.conv
+    conv = torch.backends.cudnn.conv  # type: ignore[attr-defined]  # (not in the stubs)
     previous = conv.fp32_precision
     conv.fp32_precision = "ieee"
     try:

@@ -14,7 +14,9 @@ Then the run records are compiled (``evaluation.run_records``): one row per view
 and one status row per object (failures from either stage included, with their cause).
 
 Both stages stream one object at a time (never all meshes in memory), write status rows and
-resume: re-running the same command skips finished objects.
+resume: re-running the same command skips finished objects. An evaluation is also tied to the
+prediction and GT it scored (``evaluation_inputs``): re-predicting an object, e.g. with another
+predictor into the same run, makes the next ``evaluate`` redo it.
 """
 
 from __future__ import annotations
@@ -319,7 +321,7 @@ def evaluate_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
     }
 
 
-def resolve_metrics_device(cfg: MetricOptions, cluster_gpus: float) -> str:
+def resolve_metrics_device(cfg: MetricOptions, cluster_gpus: float) -> Literal["cpu", "cuda"]:
     """``cfg.device`` -> "cpu" or "cuda" for a cluster with ``cluster_gpus`` GPUs; a setting
     that cannot run there is a :class:`ConfigError` naming the option."""
     if cfg.device not in ("auto", "cpu", "cuda"):
@@ -344,6 +346,23 @@ def resolve_metrics_device(cfg: MetricOptions, cluster_gpus: float) -> str:
     return "cuda"
 
 
+def evaluation_inputs(row: dict[str, Any], cfg: EvaluateConfig) -> str:
+    """Identity of what an evaluation scores: the prediction's and the GT object's completion
+    markers (which name the run, attempt and config that produced them). Re-predicting an
+    object (another predictor, a fixed mesh) or rebuilding the evaluation set changes it, so
+    resume re-evaluates that object instead of keeping stale metrics."""
+    markers = {}
+    for name, url in (
+        ("prediction", storage.join(cfg.out, "predictions", str(row["source"]), str(row["uid"]))),
+        ("gt", storage.join(cfg.evalset, EVALSET_OBJECTS, str(row["uid"]))),
+    ):
+        try:
+            markers[name] = storage.read_marker(url)
+        except Exception as exc:  # a fingerprint must not raise; `process` reports the cause
+            markers[name] = {"unreadable": type(exc).__name__}
+    return json.dumps(markers, sort_keys=True, default=str)
+
+
 def evaluate_stage(dataset: str, num_gpus: float = 0.0) -> Stage:
     return Stage(
         name=f"evaluate-{dataset}",
@@ -352,6 +371,7 @@ def evaluate_stage(dataset: str, num_gpus: float = 0.0) -> Stage:
         item_output=f"eval_renders/{dataset}",
         setup=_evaluate_setup,
         num_gpus=num_gpus,
+        input_fingerprint=evaluation_inputs,
     )
 
 

@@ -14,9 +14,11 @@ shard's rows as one Parquet part file, atomically, when the shard is finished.
 
 Resume: at start, the existing part files are read; an item whose latest row is ``ok`` with the
 current config hash is done and skipped. Everything else (never started, failed, interrupted,
-config changed) is redone, with ``attempt`` counting previous tries. For file stages a worker
-also skips an item whose published marker already carries the current config hash (the job may
-have been killed after publishing but before the shard's part was written). Killing the driver
+config changed) is redone, with ``attempt`` counting previous tries. Stages whose items read
+inputs from outside the manifest declare ``Stage.input_fingerprint``; it is folded into each
+item's hash (:func:`item_hash`), so an item whose inputs changed is redone too. For file stages
+a worker also skips an item whose published marker already carries the current item hash (the
+job may have been killed after publishing but before the shard's part was written). Killing the driver
 at any point therefore loses nothing and, since the compiled tables keep one row per uid,
 duplicates nothing.
 """
@@ -27,6 +29,7 @@ import collections
 import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
 import pickle
 import re
 import shutil
@@ -111,6 +114,15 @@ def _result_schema_with_status(stage: Stage) -> pa.Schema:
 # ---------------------------------------------------------------------------------------------
 
 
+def item_hash(stage: Stage, chash: str, row: dict[str, Any], config: Any) -> str:
+    """The hash an item's status row and marker carry: the config hash, combined with the
+    item's input fingerprint for stages that declare one."""
+    if stage.input_fingerprint is None:
+        return chash
+    fingerprint = stage.input_fingerprint(row, config)
+    return hashlib.sha256(f"{chash}\0{fingerprint}".encode()).hexdigest()[:16]
+
+
 class ShardWorker:
     """Processes shards of manifest rows for one stage; one instance per Ray actor."""
 
@@ -158,11 +170,12 @@ class ShardWorker:
     def process_item(self, item: dict[str, Any], attempt: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         uid = str(item.get("uid"))
+        ihash = item_hash(self.stage, self.config_hash, item, self.config)
         row: dict[str, Any] = {
             "uid": uid,
             "stage": self.stage.name,
             "attempt": attempt,
-            "config_hash": self.config_hash,
+            "config_hash": ihash,
             "run_id": self.run_id,
             "error_type": None,
             "error": None,
@@ -175,7 +188,7 @@ class ShardWorker:
             if self.stage.item_output is not None:
                 item_url = storage.join(self.out, self.stage.item_output, uid)
                 marker = storage.read_marker(item_url)
-                if marker is not None and marker.get("config_hash") == self.config_hash:
+                if marker is not None and marker.get("config_hash") == ihash:
                     row.update(status="ok", output_uri=item_url, seconds=marker.get("seconds"))
                     row.update(marker.get("result", {}))
                     return self._finish(row, t0, keep_seconds=True)
@@ -193,7 +206,7 @@ class ShardWorker:
                     {
                         "uid": uid,
                         "stage": self.stage.name,
-                        "config_hash": self.config_hash,
+                        "config_hash": ihash,
                         "run_id": self.run_id,
                         "attempt": attempt,
                         "seconds": seconds,
@@ -384,6 +397,7 @@ def _run_stage_locked(
 
     history = read_parts(out, stage)
     latest = latest_rows(history, uids)
+    rows_by_uid = {row["uid"]: row for row in manifest.to_pylist()}
     done = {
         u
         for u, s, h in zip(
@@ -392,7 +406,7 @@ def _run_stage_locked(
             latest["config_hash"].to_pylist(),
             strict=True,
         )
-        if s == "ok" and h == chash
+        if s == "ok" and h == item_hash(stage, chash, rows_by_uid[u], config)
     }
     tries = collections.Counter(history["uid"].to_pylist())
     todo = [(row, tries[row["uid"]] + 1) for row in manifest.to_pylist() if row["uid"] not in done]

@@ -49,6 +49,7 @@ class ItemContext:
 ProcessFn = Callable[[dict[str, Any], ItemContext], dict[str, Any]]
 SetupFn = Callable[[Any], Any]
 ValidateFn = Callable[[Path, dict[str, Any]], None]
+FingerprintFn = Callable[[dict[str, Any], Any], str]
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,11 @@ class Stage:
     """Called on the scratch directory and result before publishing; raise to fail the item."""
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    input_fingerprint: FingerprintFn | None = None
+    """``(row, config) -> str``: identity of the item's inputs that live outside the config and
+    the manifest (e.g. the prediction an evaluation scores). It enters the item's hash, so on
+    resume an item whose inputs changed is redone although the config did not. Must be cheap
+    and must not raise."""
 
     def __post_init__(self) -> None:
         if not self.name.replace("_", "").replace("-", "").isalnum():

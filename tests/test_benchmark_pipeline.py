@@ -326,3 +326,26 @@ def test_evaluate_on_a_cpu_cluster_refuses_device_cuda(
     assert main(["predict", *common, "--predictor", "oracle", "--run.workers", "1"]) == 0
     assert main(["evaluate", *common, "--device", "cuda", "--lpips-net", "none"]) == 2
     assert not (run / "evaluate-gso").exists()
+
+
+def test_evaluate_redoes_objects_whose_prediction_changed(
+    evalsets: dict[str, Any], tmp_path: Path
+) -> None:
+    """A user re-predicted into the same run with another predictor: the next evaluate must
+    score the new meshes, not resume the old predictor's metrics under the new name."""
+    from pipelines.benchmark import EvaluateConfig, PredictConfig, run_evaluate, run_predict
+
+    gso, run = str(evalsets["out"] / "gso"), str(tmp_path / "run")
+    evaluate = EvaluateConfig(evalset=gso, out=run, lpips_net="none", n_points=2000, run=OPTS)
+
+    def chamfer_after(predictor: str, **kw: Any) -> tuple[list[float], int]:
+        run_predict(PredictConfig(evalset=gso, out=run, predictor=predictor, run=OPTS, **kw))
+        report, records = run_evaluate(evaluate)
+        return records.geometry_metrics["chamfer"].to_pylist(), report.skipped_done
+
+    hull, _ = chamfer_after("visual-hull", resolution=12)
+    again, resumed = chamfer_after("visual-hull", resolution=12)  # nothing changed: resumed
+    assert resumed == 3 and again == hull
+    oracle, resumed = chamfer_after("oracle")
+    assert resumed == 0
+    assert max(oracle) < 0.05 < min(hull)
