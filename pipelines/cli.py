@@ -97,14 +97,43 @@ def _status() -> type:
 
 def _run_status(cfg: StatusConfig) -> int:
     from pipelines import storage
+    from pipelines.configs import ConfigError
     from pipelines.schema import read_parquet
     from pipelines.summary import print_status
 
     path = cfg.path
     if not path.endswith(".parquet"):
         path = storage.join(path, "status.parquet")
-    print_status(read_parquet(path))
+        if not storage.exists(path) and storage.exists(cfg.path):
+            stages = _stage_dirs(cfg.path)
+            hint = (
+                f"; stage folders under it: {', '.join(stages)}"
+                if stages
+                else "; point it at a stage folder (<out>/<stage>)"
+            )
+            raise ConfigError(f"no stage status table at {path}{hint}")
+    table = read_parquet(path)
+    if "status" not in table.column_names or "uid" not in table.column_names:
+        raise ConfigError(
+            f"{path} is not a stage status table (no uid/status columns); point imesh status "
+            "at a stage folder (<out>/<stage>) or its status.parquet"
+        )
+    print_status(table)
     return 0
+
+
+def _stage_dirs(url: str) -> list[str]:
+    """Sub-folders (one level, then two) of ``url`` that hold a stage status table."""
+    from pipelines import storage
+
+    fs, root = storage.filesystem(url)
+    found = []
+    for depth in ("*", "*/*"):
+        for p in sorted(fs.glob(f"{root.rstrip('/')}/{depth}/status.parquet")):
+            found.append(p[len(root.rstrip("/")) + 1 : -len("/status.parquet")])
+        if found:
+            break
+    return found
 
 
 def _demo() -> type:
@@ -365,7 +394,7 @@ def parse(name: str, args: Sequence[str]) -> Any:
     """Parse a subcommand's arguments into its config (``--config`` first, then overrides)."""
     import tyro
 
-    from pipelines.configs import load_config
+    from pipelines.configs import check_ranges, load_config
 
     cmd = COMMANDS[name]
     cls = cmd.config()
@@ -375,7 +404,9 @@ def parse(name: str, args: Sequence[str]) -> Any:
         f"{cmd.help}\n\nAlso: --config FILE.yaml loads options from a YAML file "
         "(keys = option names); command-line options override it."
     )
-    return tyro.cli(cls, args=rest, default=default, prog=f"imesh {name}", description=description)
+    cfg = tyro.cli(cls, args=rest, default=default, prog=f"imesh {name}", description=description)
+    check_ranges(cfg)
+    return cfg
 
 
 def root_cause(e: BaseException) -> BaseException:
@@ -418,6 +449,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except USER_ERRORS as e:
         print(f"imesh {name}: error: {e}", file=sys.stderr)
+        return 2
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        # An output or input path the user gave is of the wrong kind (a file where a folder is
+        # needed, or the reverse) or not writable.
+        paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p)
+        print(f"imesh {name}: error: {e.strerror or e}: {paths}", file=sys.stderr)
         return 2
     except Exception as e:
         if os.environ.get("IMESH_DEBUG"):

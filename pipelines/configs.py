@@ -70,11 +70,61 @@ def config_hash(cfg: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+#: Lower bounds of numeric options, by field name (the same name means the same thing in every
+#: command): (bound, inclusive). Checked by :func:`check_ranges` on every parsed command line.
+LOWER_BOUNDS: dict[str, tuple[float, bool]] = {
+    **dict.fromkeys(
+        (
+            "size", "render_size", "eval_size", "silhouette_size", "views", "samples",
+            "render_samples", "n", "per_category", "n_points", "resolution", "mc_resolution",
+            "shard_size", "max_faces", "max_objects_per_worker",
+        ),
+        (1, True),
+    ),
+    **dict.fromkeys(
+        ("workers", "threads", "n_positives", "gso_objects", "worst_k", "seed", "min_coverage",
+         "coverage_threshold", "gap_ratio", "min_part_ratio"),
+        (0, True),
+    ),
+    **dict.fromkeys(
+        ("timeout_s", "cpus_per_worker", "gpus_per_worker", "metrics_gpus_per_worker",
+         "fscore_threshold", "density_threshold"),
+        (0, False),
+    ),
+}  # fmt: skip
+
+
+def check_ranges(cfg: Any, where: str = "") -> None:
+    """Raise :class:`ConfigError` naming the option when a numeric option is out of range
+    (:data:`LOWER_BOUNDS`; fractions such as coverages must also be <= 1)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        option = f"--{where}{f.name.replace('_', '-')}"
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_ranges(value, where=f"{where}{f.name}.")
+            continue
+        if f.name not in LOWER_BOUNDS or isinstance(value, bool):
+            continue
+        if not isinstance(value, int | float):
+            continue
+        bound, inclusive = LOWER_BOUNDS[f.name]
+        if value < bound or (value == bound and not inclusive):
+            relation = ">=" if inclusive else ">"
+            raise ConfigError(f"{option} must be {relation} {bound:g}, got {value}")
+        if f.name in ("min_coverage", "coverage_threshold", "gap_ratio", "min_part_ratio") and (
+            value > 1
+        ):
+            raise ConfigError(f"{option} is a fraction in [0, 1], got {value}")
+
+
 def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config") -> T:
-    """Build dataclass ``cls`` from plain data, checking keys and converting nested configs."""
+    """Build dataclass ``cls`` from plain data, checking keys and converting nested configs.
+
+    Keys may use the option spelling (``lpips-net``) or the field name (``lpips_net``)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     assert dataclasses.is_dataclass(cls)
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -92,6 +142,8 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config") -> T
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
+    """``value`` (from YAML) as type ``tp``; a value of the wrong kind is a ConfigError naming
+    the key. A single value where a list is expected becomes a one-element list."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return from_dict(tp, value, where=where)
@@ -100,12 +152,26 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if value is None:
             return None
         return _convert(args[0], value, where) if len(args) == 1 else value
-    if origin is tuple and isinstance(value, list):
-        return tuple(value)
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where}: expected one of {list(choices)}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        items = list(value) if isinstance(value, list | tuple) else [value]
+        targs = typing.get_args(tp)
+        item_tp = targs[0] if targs else Any
+        converted = [_convert(item_tp, v, f"{where}[{i}]") for i, v in enumerate(items)]
+        return tuple(converted) if origin is tuple else converted
     if tp is Path and isinstance(value, str):
         return Path(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    expected = {bool: (bool,), int: (int,), float: (float,), str: (str,)}.get(tp)
+    if expected is not None and (
+        not isinstance(value, expected) or (tp is not bool and isinstance(value, bool))
+    ):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value
 
 

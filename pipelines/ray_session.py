@@ -53,7 +53,15 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     }
     if address is None:
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
-    ray.init(address=address, **kwargs)  # type: ignore[arg-type]
+    try:
+        ray.init(address=address, **kwargs)  # type: ignore[arg-type]
+    except ConnectionError as e:
+        from pipelines.configs import ConfigError
+
+        raise ConfigError(
+            f"cannot connect to a Ray cluster at address {address!r} ({e}); start one with "
+            "`ray start --head`, or leave out --address / RAY_ADDRESS for a local Ray"
+        ) from e
     reaper = _start_reaper() if address is None else None
     try:
         quiet_ray_data()

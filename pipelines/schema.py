@@ -100,11 +100,19 @@ def write_parquet(table: pa.Table, url: str) -> None:
 
 
 def read_parquet(url: str) -> pa.Table:
+    """Read one Parquet file; a missing file is FileNotFoundError, a directory or a file that is
+    not Parquet is a :class:`ManifestError` naming it."""
     fs, path = filesystem(url)
     if not fs.exists(path):
         raise FileNotFoundError(f"no Parquet file at {url}")
-    with fs.open(path, "rb") as f:
-        return pq.read_table(f)
+    if fs.isdir(path):
+        raise ManifestError(f"{url} is a directory, expected a Parquet file")
+    try:
+        with fs.open(path, "rb") as f:
+            return pq.read_table(f)
+    except (pa.ArrowInvalid, OSError) as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ManifestError(f"{url} is not a readable Parquet file ({first})") from e
 
 
 def read_manifest(url: str) -> pa.Table:

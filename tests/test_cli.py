@@ -82,3 +82,75 @@ def test_cluster_yaml_declares_cpu_render_and_gpu_inference_workers() -> None:
     assert nodes["inference_gpu"]["resources"]["GPU"] >= 1
     assert all(n["max_workers"] >= n["min_workers"] for n in nodes.values())
     assert any("[render,gpu]" in c for c in cfg["setup_commands"])
+
+
+def test_yaml_keys_types_and_lists_are_checked(tmp_path: Path) -> None:
+    from pipelines.benchmark import BenchmarkConfig
+    from pipelines.configs import ConfigError, load_config
+
+    cfg_file = tmp_path / "b.yaml"
+    # Option spelling accepted; a single path where a list is expected is a one-element list.
+    cfg_file.write_text("evalsets: sets/gso\nout: r\nlpips-net: alex\nn_points: 100\n")
+    cfg = load_config(BenchmarkConfig, cfg_file)
+    assert cfg.evalsets == ["sets/gso"] and cfg.lpips_net == "alex" and cfg.n_points == 100
+    for bad, message in (
+        ("resolution: high", r"resolution: expected int, got 'high'"),
+        ("predictor: magic", r"predictor: expected one of \['oracle'"),
+        ("icp: 3", r"icp: expected bool, got 3"),
+        ("n_points: true", r"n_points: expected int, got True"),
+    ):
+        cfg_file.write_text(f"evalsets: [a]\nout: r\n{bad}\n")
+        with pytest.raises(ConfigError, match=message):
+            load_config(BenchmarkConfig, cfg_file)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["render", "--input", "x.glb", "--out", "o", "--size", "-5"], "--size must be >= 1"),
+        (["render", "--input", "x.glb", "--out", "o", "--run.workers", "-3"], "--run.workers"),
+        (["demo", "--out", "o", "--render-size", "0"], "--render-size must be >= 1"),
+        (["fixtures", "--out", "o", "--n-positives", "-2"], "--n-positives must be >= 0"),
+        (["filter", "--cache", "c", "--out", "o", "--coverage-threshold", "2"], "in [0, 1]"),
+    ],
+)
+def test_out_of_range_options_exit_2_before_any_work(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_path_of_the_wrong_kind_and_non_parquet_inputs_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    assert main(["fixtures", "--out", str(a_file / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert ("File exists" in err or "Not a directory" in err) and str(a_file) in err
+    assert err.count("\n") == 1
+    junk = tmp_path / "junk.parquet"
+    junk.write_bytes(b"not parquet at all")
+    assert main(["inspect", "--manifest", str(junk), "--out", str(tmp_path / "o")]) == 2
+    assert "not a readable Parquet file" in capsys.readouterr().err
+
+
+def test_status_points_at_stage_folders_and_refuses_other_tables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pyarrow as pa
+
+    from pipelines.schema import write_parquet
+
+    stage = tmp_path / "job" / "filter-files"
+    stage.mkdir(parents=True)
+    status = pa.table({"uid": ["a"], "status": ["ok"], "stage": ["filter-files"]})
+    write_parquet(status, str(stage / "status.parquet"))
+    assert main(["status", str(tmp_path / "job")]) == 2
+    assert "stage folders under it: filter-files" in capsys.readouterr().err
+    other = tmp_path / "manifest.parquet"
+    write_parquet(pa.table({"uid": ["a"], "path": ["p"]}), str(other))
+    assert main(["status", str(other)]) == 2
+    assert "not a stage status table" in capsys.readouterr().err
