@@ -13,6 +13,7 @@ position-welded mesh, surface area.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ class MeshLoadError(ValueError):
     """A mesh file that cannot be used; the message names the file and the cause."""
 
 
-def load_scene(path: str | os.PathLike[str]) -> trimesh.Scene:
+def check_mesh_file(path: str | os.PathLike[str]) -> None:
+    """Cheap container checks before anything reads the file: it exists, is not empty and, for
+    GLB, its header is consistent (magic, version, length = file size). ``MeshLoadError``."""
     path = Path(path)
     if not path.is_file():
         raise MeshLoadError(f"{path}: file not found")
@@ -39,6 +42,11 @@ def load_scene(path: str | os.PathLike[str]) -> trimesh.Scene:
         raise MeshLoadError(f"{path}: empty file")
     if path.suffix.lower() == ".glb":
         _check_glb_header(path, size)
+
+
+def load_scene(path: str | os.PathLike[str]) -> trimesh.Scene:
+    path = Path(path)
+    check_mesh_file(path)
     try:
         scene = trimesh.load(str(path), force="scene", process=False)
     except Exception as e:  # trimesh raises many exception types for malformed input
@@ -257,7 +265,9 @@ def _image_problem(name: str, data: bytes | None, path: Path | None, max_pixels:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         return f"texture {name} refused as a decompression bomb ({e})"
     except Exception as e:  # PIL raises many types for corrupt data
-        return f"texture {name} does not decode ({type(e).__name__}: {e})"
+        # PIL names in-memory data by its object repr (an address): say "embedded data".
+        detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "embedded data", str(e))
+        return f"texture {name} does not decode ({type(e).__name__}: {detail})"
     return None
 
 

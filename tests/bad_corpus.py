@@ -67,6 +67,12 @@ def write_mesh_corpus(folder: Path) -> dict[str, tuple[Path, str]]:
 
     good = _good_glb()
     put("truncated_glb", "truncated.glb", good[: len(good) // 2], "cannot parse")
+    # Cut inside the embedded texture: must be reported as a truncated file, not a bad texture.
+    doc, _ = _glb_chunks(good)
+    image_view = doc["bufferViews"][doc["images"][0]["bufferView"]]
+    bin_start = 20 + struct.unpack_from("<I", good, 12)[0] + 8
+    cut = bin_start + image_view.get("byteOffset", 0) + image_view["byteLength"] // 2
+    put("truncated_in_texture", "truncated_in_texture.glb", good[:cut], "cannot parse")
     put("wrong_magic", "wrong_magic.glb", b"gLTX" + good[4:], "cannot parse")
     put(
         "wrong_length",

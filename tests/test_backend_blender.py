@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -43,7 +44,8 @@ from rendering.backends import (
     make_backend,
     prepare_object,
 )
-from rendering.backends.blender import BlenderBackend, raw_to_view
+from rendering.backends.blender import BlenderBackend, raw_to_view, remove_stale_scratch
+from rendering.backends.blender_worker import EXIT_PARENT_GONE
 from rendering.cameras import Camera, camera_from_spherical
 from rendering.normalize import Y_UP_TO_Z_UP
 from rendering.procedural import glb_bytes, textured
@@ -344,6 +346,156 @@ def test_close_stops_worker_and_cleans_scratch(assets: dict[str, Path]) -> None:
     assert pid is not None and scratch is not None and scratch.is_dir()
     b.close()
     assert b.worker_pid is None and not _alive(pid) and not scratch.exists()
+
+
+# -- process lifetime: orphaned workers, stale scratch ------------------------------------
+
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+_ORPHAN_HELPER = """
+import sys, threading, time
+from rendering.backends import RenderSettings, prepare_object
+from rendering.backends.blender import BlenderBackend
+from rendering.cameras import camera_from_spherical
+
+settings = RenderSettings(samples=4096, shading="lit", threads=1, timeout_s=3600.0)
+backend = BlenderBackend(settings)
+obj, _ = prepare_object(sys.argv[1])
+cams = [camera_from_spherical(a, 20, 3.0, 50, 256) for a in range(0, 360, 45)]
+
+def run():
+    backend.start()
+    print(backend.worker_pid, flush=True)
+    backend.render(obj, cams)  # minutes of Cycles: still rendering when we are killed
+
+if sys.argv[2] == "thread":
+    threading.Thread(target=run, daemon=True).start()
+    time.sleep(3600)
+else:
+    run()
+"""
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    assert not _alive(proc.pid)
+    return proc.pid
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("thread", ["main", "thread"])
+def test_worker_dies_with_a_sigkilled_client(
+    assets: dict[str, Path], tmp_path: Path, thread: str
+) -> None:
+    """The bug: a client (a Ray actor) killed while its worker renders left the worker
+    rendering as an orphan at full CPU. A busy worker never reads its stdin, so only
+    PDEATHSIG can stop it. "thread": the client renders from a non-main thread (as Ray Data
+    does), so the worker is forked on the spawner thread. The dead client's scratch
+    directory is then recognisably stale."""
+    helper = subprocess.Popen(
+        [sys.executable, "-c", _ORPHAN_HELPER, str(assets["cube"]), thread],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=_PROJECT_ROOT,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    worker_pid = None
+    try:
+        assert helper.stdout is not None
+        line = helper.stdout.readline()
+        assert line.strip().isdigit(), f"helper printed {line!r} (exit {helper.poll()})"
+        worker_pid = int(line)
+        time.sleep(1.0)  # well into the render
+        assert _alive(worker_pid), "the worker must be busy rendering when the client dies"
+        t0 = time.monotonic()
+        helper.kill()
+        helper.wait(timeout=10)
+        while _alive(worker_pid) and time.monotonic() - t0 < 5.0:
+            time.sleep(0.01)
+        elapsed = time.monotonic() - t0
+        print(f"orphaned worker gone {elapsed:.3f} s after SIGKILL of its client")
+        assert not _alive(worker_pid), "the worker outlived its SIGKILLed client"
+    finally:
+        if helper.poll() is None:
+            helper.kill()
+            helper.wait(timeout=10)
+        if worker_pid is not None and _alive(worker_pid):
+            os.killpg(worker_pid, signal.SIGKILL)  # the worker leads its own session
+    (scratch,) = tmp_path.glob(f"blender-backend-{helper.pid}-*")
+    assert remove_stale_scratch(tmp_path) == [scratch] and not scratch.exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_worker_whose_parent_is_already_gone_exits() -> None:
+    """The race PDEATHSIG leaves open (the parent dies before the worker arms it): the worker
+    checks its parent pid right after and exits, before loading bpy."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rendering.backends.blender_worker",
+            "--parent-pid",
+            str(_dead_pid()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=_PROJECT_ROOT,
+    )
+    assert proc.returncode == EXIT_PARENT_GONE, proc.stderr[-2000:]
+    assert proc.stdout == "" and "is gone" in proc.stderr
+
+
+def test_worker_outlives_the_thread_that_started_it(assets: dict[str, Path]) -> None:
+    """PDEATHSIG fires when the *thread* that forked the worker exits: a worker started from a
+    short-lived thread must survive that thread (it is forked on the spawner thread)."""
+    with BlenderBackend(SETTINGS) as b:
+        starter = threading.Thread(target=b.start)
+        starter.start()
+        starter.join()
+        pid = b.worker_pid
+        assert pid is not None
+        time.sleep(0.5)
+        assert _alive(pid) and b.worker_pid == pid
+        views = b.render(_cube(assets), [camera_from_spherical(0, 0, 3.0, 50, 32)])
+        assert views[0].coverage > 0.5 and b.workers_started == 1 and b.worker_pid == pid
+
+
+def test_stale_scratch_of_dead_owners_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A starting backend removes sibling ``blender-backend-<pid>-*`` directories whose owner
+    is dead, and nothing else: not a live owner's, not other names, not files, not symlinks
+    (nor what they point to)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = _dead_pid()
+    stale = tmp_path / f"blender-backend-{dead}-abc_1234"
+    (stale / "req-000001").mkdir(parents=True)
+    (stale / "worker-0001.log").write_bytes(b"x" * 4096)
+    live = tmp_path / f"blender-backend-{os.getpid()}-live1234"
+    other = tmp_path / f"not-blender-backend-{dead}-abcd1234"
+    legacy = tmp_path / "blender-backend-k3j4h5g6"  # the old naming: owner unknown
+    for d in (live, other, legacy):
+        d.mkdir()
+    a_file = tmp_path / f"blender-backend-{dead}-file1234"
+    a_file.write_text("")
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "keep").write_text("")
+    link = tmp_path / f"blender-backend-{dead}-link1234"
+    link.symlink_to(target, target_is_directory=True)
+
+    with BlenderBackend(SETTINGS) as b:
+        b.start()
+        assert b.log_path is not None
+        own = b.log_path.parent
+        assert own.parent == tmp_path and own.name.startswith(f"blender-backend-{os.getpid()}-")
+        assert not stale.exists()
+        assert live.is_dir() and other.is_dir() and legacy.is_dir() and a_file.is_file()
+        assert link.is_symlink() and (target / "keep").is_file()
+    assert not own.exists()  # close() still removes its own directory
 
 
 def test_client_modules_do_not_import_bpy() -> None:

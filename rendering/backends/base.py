@@ -36,6 +36,7 @@ from rendering.cameras import Camera
 from rendering.mesh_io import (
     MeshLoadError,
     check_face_limit,
+    check_mesh_file,
     load_scene,
     scene_to_mesh,
     texture_problems,
@@ -154,6 +155,7 @@ def prepare_object(
         source_up = source_up_for(path)
     except ValueError as e:
         raise RenderError(str(e)) from e
+    check_mesh_file(path)  # a truncated GLB is reported as such, not by its texture symptoms
     check_face_limit(path, max_faces)
     problems = texture_problems(path)
     if problems:

@@ -43,6 +43,16 @@ mid-object (segfault, OOM kill) -> :class:`RenderError` with its exit status and
 log. In both cases the next :meth:`BlenderBackend.render` starts a fresh worker. Workers are
 recycled after ``max_objects_per_worker`` objects to bound slow leaks.
 
+Process lifetime: the worker must not outlive the process that started it (a Ray actor whose
+driver was killed, say), and a killed client cannot clean up after itself. So (1) the worker is
+started with ``--parent-pid`` and arms ``PR_SET_PDEATHSIG`` = SIGKILL first thing (Linux; see
+:func:`rendering.backends.blender_worker.die_with_parent`); because Linux fires that signal
+when the forking *thread* exits, workers are forked from the main thread or from
+:class:`_Spawner`'s thread, which lives as long as the process (Ray Data runs the render UDF on
+a pool thread; a caller may use a short-lived one). (2) The default scratch directory is named
+``blender-backend-<pid>-<random>``; a backend creating one removes the siblings whose owner pid
+is dead (:func:`remove_stale_scratch`): the hundreds of MB a SIGKILLed client left behind.
+
 Security: the worker sets ``use_scripts_auto_execute = False`` (reported in the handshake, the
 backend refuses a worker that reports otherwise), only runs the mesh importers and refuses
 ``.blend`` files; so does the client, before any request is sent.
@@ -54,17 +64,21 @@ import contextlib
 import importlib.util
 import json
 import os
+import queue
+import re
 import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import numpy as np
 
@@ -95,7 +109,16 @@ IMPORTER_ROTATION: dict[str, np.ndarray] = {
 BACKGROUND_DEPTH_THRESHOLD = 1e9
 """Raw depth at or above this is background (Cycles writes 1e10 there)."""
 
+SCRATCH_PREFIX = "blender-backend-"
+"""Default scratch directories are ``<tempdir>/blender-backend-<owner pid>-<mkdtemp suffix>``."""
+
+_SCRATCH_NAME = re.compile(r"blender-backend-([1-9][0-9]{0,9})-[a-z0-9_]+", re.ASCII)
+"""Exactly the names :meth:`BlenderBackend._ensure_scratch` creates (mkdtemp's suffix
+alphabet); the only entries :func:`remove_stale_scratch` may touch."""
+
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+_T = TypeVar("_T")
 
 
 def bpy_available() -> bool:
@@ -192,6 +215,112 @@ def _finalize(procs: list[subprocess.Popen[bytes]], scratch: Path | None) -> Non
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process. A zombie counts as dead (it has exited; it only
+    waits for its parent to reap it). EPERM means it exists under another user: alive. When
+    unsure, alive: a stale directory kept is harmless, a live one removed is not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
+
+
+def remove_stale_scratch(root: str | os.PathLike[str]) -> list[Path]:
+    """Remove the default scratch directories in ``root`` whose owner process is dead (a client
+    killed by SIGKILL / SIGTERM runs no cleanup) and return them.
+
+    Only entries named like ours (:data:`_SCRATCH_NAME`) that are real directories (never a
+    symlink, never followed) owned by the current user, and never the current process's. Races
+    are tolerated: another backend sweeping the same root at the same time, or the entry
+    vanishing or changing underneath, make ``rmtree`` fail quietly (``shutil.rmtree`` works
+    through file descriptors here and refuses to descend through a symlink).
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    me = os.getpid()
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    for entry in entries:
+        match = _SCRATCH_NAME.fullmatch(entry.name)
+        if match is None:
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            owner_uid = entry.stat(follow_symlinks=False).st_uid
+        except OSError:
+            continue
+        pid = int(match.group(1))
+        if (uid is not None and owner_uid != uid) or pid == me or _pid_alive(pid):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        if not os.path.lexists(entry.path):
+            removed.append(Path(entry.path))
+    return removed
+
+
+class _Spawner:
+    """Runs ``subprocess.Popen`` on a thread that lives as long as the process.
+
+    Why: ``PR_SET_PDEATHSIG`` (armed by the worker) fires when the *thread* that forked the
+    worker exits, not when its process does. A worker forked from a short-lived thread (a
+    caller's ``threading.Thread``, a respawn after a timeout on whichever thread called
+    ``render``) would be SIGKILLed when that thread ends, though its backend lives on. So calls
+    from the main thread fork directly (it lives as long as the process) and calls from any
+    other thread are handed to one daemon thread started on first use, which blocks on its queue
+    until the process exits. (Under Ray Data, ``ShardWorker.__call__`` and so every lazy worker
+    start runs on a ``ThreadPoolExecutor`` thread, not on the actor's main thread.)
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the thread, lock and queue (in a forked child: none of the parent's threads
+        exist there, and the lock may have been held by one of them at the fork)."""
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def run(self, fn: Callable[[], _T]) -> _T:
+        """``fn()``, called on the main thread or on the spawner thread."""
+        if threading.current_thread() is threading.main_thread():
+            return fn()
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._loop, name="blender-backend-spawner", daemon=True
+                )
+                self._thread.start()
+        future: Future[_T] = Future()
+        self._jobs.put((fn, future))
+        return future.result()
+
+    def _loop(self) -> None:
+        while True:
+            fn, future = self._jobs.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as e:  # handed to the caller, which re-raises it
+                future.set_exception(e)
+
+
+_SPAWNER = _Spawner()
+if hasattr(os, "register_at_fork"):  # a forked child has no spawner thread and maybe a held lock
+    os.register_at_fork(after_in_child=_SPAWNER.reset)
+
+
 class _WorkerGone(Exception):
     pass
 
@@ -207,8 +336,9 @@ class BlenderBackend:
     ``settings.timeout_s`` (copied to the adjustable attribute :attr:`timeout_s`) bounds one
     object's render (the worker's start is bounded separately by ``startup_timeout_s``).
     ``max_objects_per_worker`` recycles the worker after that many objects. ``scratch_dir``
-    holds per-request outputs and worker logs (a private temporary directory by default,
-    removed by :meth:`close`).
+    holds per-request outputs and worker logs (by default a private temporary directory,
+    ``blender-backend-<pid>-*``, removed by :meth:`close`; creating it also removes the ones
+    dead processes left behind, see :func:`remove_stale_scratch`).
 
     Counters: :attr:`objects_rendered` (successful objects), :attr:`workers_started`,
     :attr:`timeouts`; :attr:`last_timings` holds the last successful object's seconds
@@ -448,7 +578,9 @@ class BlenderBackend:
                 self._scratch_arg.mkdir(parents=True, exist_ok=True)
                 self._scratch = self._scratch_arg
             else:
-                self._scratch = Path(tempfile.mkdtemp(prefix="blender-backend-"))
+                prefix = f"{SCRATCH_PREFIX}{os.getpid()}-"
+                self._scratch = Path(tempfile.mkdtemp(prefix=prefix))
+                remove_stale_scratch(self._scratch.parent)
         if self._finalizer is None:
             self._finalizer = weakref.finalize(
                 self, _finalize, self._procs, self._scratch if self._owns_scratch else None
@@ -464,18 +596,29 @@ class BlenderBackend:
             [str(_PROJECT_ROOT), *filter(None, [env.get("PYTHONPATH")])]
         )
         env["PYTHONUNBUFFERED"] = "1"
-        cmd = [sys.executable, "-m", WORKER_MODULE, "--device", self.settings.device]
+        cmd = [
+            sys.executable,
+            "-m",
+            WORKER_MODULE,
+            "--device",
+            self.settings.device,
+            "--parent-pid",
+            str(os.getpid()),
+        ]
         with open(self._log_path, "wb") as log:
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                bufsize=0,
-                env=env,
-                cwd=str(scratch),
-                start_new_session=True,
-                close_fds=True,
+            # Forked on the main thread or the spawner thread: see _Spawner (PDEATHSIG).
+            proc = _SPAWNER.run(
+                lambda: subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    bufsize=0,
+                    env=env,
+                    cwd=str(scratch),
+                    start_new_session=True,
+                    close_fds=True,
+                )
             )
         self._proc = proc
         self._procs.append(proc)

@@ -27,6 +27,11 @@ Per ``render`` request the worker
 
 bpy is imported inside :func:`main` only (never at module import): a process that merely
 imports this module does not load Blender.
+
+Orphans: started with ``--parent-pid`` (the client always passes its pid), the worker first asks
+Linux to SIGKILL it when its parent dies (:func:`die_with_parent`), before importing bpy. A
+worker busy in a long render never reads its stdin, so it would not notice EOF on a dead
+client's pipe; without this it kept rendering at full CPU as an orphan.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 import traceback
@@ -42,6 +48,10 @@ from pathlib import Path
 from typing import Any
 
 PROTOCOL_VERSION = 1
+PR_SET_PDEATHSIG = 1
+"""``<linux/prctl.h>``: deliver a signal to this process when its parent dies."""
+EXIT_PARENT_GONE = 3
+"""Exit status of a worker whose parent died before it could arm the death signal."""
 IMPORTERS: dict[str, str] = {
     ".glb": "gltf",
     ".gltf": "gltf",
@@ -481,10 +491,51 @@ def _serve(worker: Worker, requests: Any, reply: Any) -> None:
             )
 
 
+def die_with_parent(parent_pid: int) -> bool:
+    """Have the kernel SIGKILL this process as soon as its parent dies, however the parent
+    dies (SIGKILL included: no cleanup code of the parent's can be relied on). Returns False
+    when the parent is already gone, i.e. ``parent_pid`` is no longer our parent: it died
+    between our fork and the ``prctl`` (the signal is only armed for a *future* death), so
+    the caller must exit itself. A no-op returning True where ``prctl`` does not exist
+    (non-Linux) or refuses.
+
+    Linux ties the death signal to the parent *thread* that forked us, not its process; the
+    client forks workers from the main thread or from a thread that lives as long as its
+    process (see ``rendering.backends.blender._Spawner``), so in practice it fires when the
+    client process dies. ``getppid`` reports the parent's process id either way.
+    """
+    if not sys.platform.startswith("linux"):
+        return True
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return True
+    # prctl is variadic and the kernel reads unsigned longs: pass full-width arguments.
+    args = (ctypes.c_ulong(int(signal.SIGKILL)), *(ctypes.c_ulong(0) for _ in range(3)))
+    if prctl(PR_SET_PDEATHSIG, *args) != 0:
+        err = ctypes.get_errno()
+        print(
+            f"blender_worker: prctl(PR_SET_PDEATHSIG) failed: {os.strerror(err)}", file=sys.stderr
+        )
+        return True
+    return os.getppid() == parent_pid
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Persistent Blender render worker (JSON lines).")
     ap.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    ap.add_argument(
+        "--parent-pid",
+        type=int,
+        default=None,
+        help="die with this process (Linux: PR_SET_PDEATHSIG); exit at once if it is gone",
+    )
     args = ap.parse_args(argv)
+    if args.parent_pid is not None and not die_with_parent(args.parent_pid):
+        print(f"blender_worker: parent {args.parent_pid} is gone; exiting", file=sys.stderr)
+        return EXIT_PARENT_GONE
 
     # The reply channel is a private duplicate of the original stdout; fd 1 (where Blender
     # prints) becomes stderr, so Blender's output can never corrupt the protocol.
