@@ -45,13 +45,12 @@ def _fixtures() -> type:
 
 
 def _run_fixtures(cfg: Any) -> int:
-    from rich.console import Console
-
     from pipelines.fixtures import make_fixtures
+    from pipelines.summary import make_console
 
     record = make_fixtures(cfg)
     n_kept = sum(o["expected_kept"] for o in record["objaverse"])
-    Console().print(
+    make_console().print(
         f"fixtures in {cfg.out}: {len(record['objaverse'])} Objaverse-shaped objects "
         f"({n_kept} built to pass the filter), {len(record['gso'])} GSO-shaped, "
         f"{len(record['omni3d'])} Omni3D-shaped"
@@ -66,12 +65,11 @@ def _ingest() -> type:
 
 
 def _run_ingest(cfg: Any) -> int:
-    from rich.console import Console
-
     from pipelines.ingest import run_ingest
+    from pipelines.summary import make_console
 
     table = run_ingest(cfg)
-    Console().print(f"manifest: {table.num_rows} objects -> {cfg.out}")
+    make_console().print(f"manifest: {table.num_rows} objects -> {cfg.out}")
     return 0
 
 
@@ -161,32 +159,31 @@ def _lazy(module: str, attr: str) -> Callable[[], Any]:
 
 
 def _run_render(cfg: Any) -> int:
-    from rich.console import Console
-
     from pipelines.ray_session import ray_session
     from pipelines.render import run_render
+    from pipelines.summary import make_console
     from rendering.output_layouts import LAYOUT_DIRS
 
     with ray_session(cfg.address):
         report = run_render(cfg)
     _print_reports([report])
-    Console().print(
+    make_console().print(
         f"renders: {cfg.out}/{LAYOUT_DIRS[cfg.layout]}/<uid>/  status: {report.status_uri}"
     )
     return 0
 
 
 def _run_filter(cfg: Any) -> int:
-    from rich.console import Console
     from rich.markdown import Markdown
 
     from pipelines import storage
     from pipelines.filter import run_filter
     from pipelines.ray_session import ray_session
+    from pipelines.summary import make_console
 
     with ray_session(cfg.address):
         result = run_filter(cfg)
-    console = Console()
+    console = make_console()
     console.print(Markdown(storage.read_text(storage.join(cfg.out, "funnel.md"))))
     console.print(
         f"kept {result.kept} of {result.decisions.num_rows}: {cfg.out}/filtered_obj_name.json"
@@ -195,11 +192,9 @@ def _run_filter(cfg: Any) -> int:
 
 
 def _print_reports(reports: Sequence[Any]) -> None:
-    from rich.console import Console
+    from pipelines.summary import errors_table, make_console, stage_table
 
-    from pipelines.summary import errors_table, stage_table
-
-    console = Console()
+    console = make_console()
     console.print(stage_table(list(reports)))
     for r in reports:
         if r.errors:
@@ -255,25 +250,24 @@ def _run_benchmark(cfg: Any) -> int:
 
 
 def _run_nightly(cfg: Any) -> int:
-    from rich.console import Console
     from rich.markdown import Markdown
 
     from pipelines.nightly import run_nightly
     from pipelines.ray_session import ray_session
+    from pipelines.summary import make_console
 
     with ray_session(cfg.address):
         code, summary = run_nightly(cfg)
-    Console().print(Markdown(summary))
+    make_console().print(Markdown(summary))
     return code
 
 
 def _run_generate(cfg: Any) -> int:
-    from rich.console import Console
-
     from pipelines.generate import run_generate
+    from pipelines.summary import make_console
 
     for record in run_generate(cfg):
-        Console().print(
+        make_console().print(
             f"{record['name']}: {record['faces']} faces -> {cfg.out}/{record['name']}/ "
             f"({', '.join(record['files'])})"
         )

@@ -54,10 +54,11 @@ def run_compare(cfg: CompareConfig) -> int:
         storage.atomic_write_text(storage.join(cfg.out, "compare.json"), result.to_json())
         write_resolved_config(cfg, storage.join(cfg.out, "compare_config.yaml"))
 
-    from rich.console import Console
     from rich.markdown import Markdown
 
-    console = Console()
+    from pipelines.summary import make_console
+
+    console = make_console()
     if cfg.print_summary:
         console.print(Markdown(markdown))
     if result.regressed:

@@ -38,7 +38,7 @@ from pipelines.render import RenderConfig, run_render
 from pipelines.report import ReportConfig, run_report
 from pipelines.runner import RunOptions, StageReport
 from pipelines.schema import read_parquet
-from pipelines.summary import errors_table, stage_table
+from pipelines.summary import errors_table, make_console, stage_table
 
 
 @dataclass
@@ -72,7 +72,7 @@ def _backend(cfg: DemoConfig) -> Literal["blender", "cpu"]:
 
 
 def run_demo(cfg: DemoConfig, console: Console | None = None) -> list[StageReport]:
-    console = console or Console(stderr=False)
+    console = console or make_console()
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     write_resolved_config(cfg, str(out / "demo.config.yaml"))

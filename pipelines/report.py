@@ -79,10 +79,11 @@ def run_report(cfg: ReportConfig) -> int:
         written.append(write_html_report(runs, cfg.out, cfg.worst_k, tables=tables))
     write_resolved_config(cfg, storage.join(cfg.out, "report_config.yaml"))
 
-    from rich.console import Console
     from rich.markdown import Markdown
 
-    console = Console()
+    from pipelines.summary import make_console
+
+    console = make_console()
     if cfg.print_tables:
         console.print(Markdown(markdown))
     console.print(f"report: {len(runs)} run(s), {len(tables)} table(s) -> " + ", ".join(written))

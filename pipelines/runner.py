@@ -490,7 +490,8 @@ _PATHLIKE = re.compile(r"(\S*/\S+|\b[0-9a-f]{32}\b)")
 def _bucket(message: str | None) -> str:
     """An error message with paths and uids masked, so equal causes fall in one bucket."""
     first = (message or "").splitlines()[0] if message else ""
-    return _PATHLIKE.sub("<path>", first)[:100]
+    masked = _PATHLIKE.sub("<path>", first)
+    return masked if len(masked) <= 100 else masked[:99] + "…"
 
 
 def compile_stage(

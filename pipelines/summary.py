@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import os
+import sys
 from typing import Any
 
 import pyarrow as pa
@@ -11,6 +13,18 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.runner import StageReport, error_histogram
+
+#: Width of tables written to something that is not a terminal (logs, CI, pipes): rich's
+#: default of 80 columns truncates run names, verdicts and intervals there.
+LOG_WIDTH = 160
+
+
+def make_console(stderr: bool = False) -> Console:
+    """The console every command prints through: the terminal's width on a terminal (or
+    ``$COLUMNS``), :data:`LOG_WIDTH` otherwise."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if os.environ.get("COLUMNS") or stream.isatty() else LOG_WIDTH
+    return Console(stderr=stderr, width=width)
 
 
 def stage_table(reports: list[StageReport]) -> Table:
@@ -41,7 +55,7 @@ def errors_table(errors: list[tuple[str, int]], title: str = "failures by cause"
 
 def print_status(status: pa.Table, console: Console | None = None) -> dict[str, Any]:
     """Print counts per status and the error histogram of a compiled status table."""
-    console = console or Console()
+    console = console or make_console()
     counts = collections.Counter(status["status"].to_pylist())
     stages = sorted(set(status["stage"].to_pylist()))
     console.print(

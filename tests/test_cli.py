@@ -154,3 +154,20 @@ def test_status_points_at_stage_folders_and_refuses_other_tables(
     write_parquet(pa.table({"uid": ["a"], "path": ["p"]}), str(other))
     assert main(["status", str(other)]) == 2
     assert "not a stage status table" in capsys.readouterr().err
+
+
+def test_tables_are_not_squeezed_to_80_columns_in_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.summary import LOG_WIDTH, make_console
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert make_console().width == LOG_WIDTH  # pytest's captured stdout is not a terminal
+    monkeypatch.setenv("COLUMNS", "97")
+    assert make_console().width == 97
+
+
+def test_example_nightly_config_parses() -> None:
+    """The README points users at examples/nightly.yaml: it must stay valid."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "nightly.yaml"
+    cfg = parse("nightly", ["--config", str(example)])
+    assert cfg.evalsets == ["evalsets/gso", "evalsets/omni3d"]
+    assert cfg.predictor == "instantmesh" and cfg.lpips_net == "vgg" and cfg.device == "auto"
