@@ -236,6 +236,14 @@ def manifest_from_input(input_path: str) -> pa.Table:
         raise ConfigError(f"--input {input_path}: no such file or directory")
     if not files:
         raise ConfigError(f"--input {input_path}: no mesh files ({', '.join(MESH_SUFFIXES)})")
+    gso = [f for f in files if f.name == "model.obj" and f.parent.name == "meshes"]
+    if p.is_dir() and gso and (gso[0].parent.parent / "materials" / "textures").is_dir():
+        raise ConfigError(
+            f"--input {input_path} is laid out like Google Scanned Objects "
+            "(<Name>/meshes/model.obj, textures in <Name>/materials/textures/): build its "
+            "evaluation views with `imesh evalset --dataset gso --root DIR`, which resolves "
+            "that layout's texture paths; `imesh render --input` takes plain mesh files"
+        )
     rows, seen = [], set()
     root = p.resolve() if p.is_dir() else p.parent.resolve()
     for f in files:

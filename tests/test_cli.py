@@ -171,3 +171,15 @@ def test_example_nightly_config_parses() -> None:
     cfg = parse("nightly", ["--config", str(example)])
     assert cfg.evalsets == ["evalsets/gso", "evalsets/omni3d"]
     assert cfg.predictor == "instantmesh" and cfg.lpips_net == "vgg" and cfg.device == "auto"
+
+
+def test_render_input_refuses_a_gso_root_with_the_command_that_handles_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipelines.fixtures import fixture_paths, make_fixtures
+
+    make_fixtures(FixturesConfig(out=str(tmp_path / "fx"), gso_objects=1, n_positives=0))
+    gso_root = fixture_paths(str(tmp_path / "fx"))["gso"]
+    rc = main(["render", "--input", str(gso_root), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Google Scanned Objects" in err and "imesh evalset --dataset gso" in err
