@@ -17,7 +17,8 @@ comparison (:mod:`evaluation.compare`) are all derived from them.
     ``run_id`` (str, required, non-empty; every Parquet row carries the same value),
     ``predictor`` (str, required: e.g. ``"instantmesh"``, ``"triposr"``), ``variant``
     (str or null: e.g. ``"mesh-large"``), ``datasets`` (list of str, e.g. ``["gso", "omni3d"]``),
-    ``created_at`` (ISO-8601 str, UTC), ``config`` (dict: the resolved job config),
+    ``created_at`` (ISO-8601 str, UTC), ``config`` (dict: the resolved job config; runs written by ``imesh evaluate`` keep
+    ``{"predict": {dataset: ...}, "evaluate": {dataset: ...}}``),
     ``versions`` (dict str -> str or null: ``python``, ``torch``, ``package``, ...),
     ``git_commit`` (str or null), ``lpips_backbone`` (str or null: ``"vgg"``, ``"alex"``, ...,
     ``"alex-random"`` for wiring tests), ``lpips_available`` (bool). Unknown keys are kept in

@@ -398,13 +398,22 @@ def compile_run_records(cfg: EvaluateConfig, dataset: str, report: StageReport) 
     except RunRecordError:
         previous = None
     run_id = previous.run_id if previous else Path(cfg.out.rstrip("/")).name or "run"
+    # Per dataset: each evaluation set is predicted and evaluated with its own config.
+    config: dict[str, dict[str, Any]] = {"predict": {}, "evaluate": {}}
+    if previous is not None:
+        for key in config:
+            earlier = previous.info.config.get(key)
+            if isinstance(earlier, dict) and set(earlier) <= set(previous.info.datasets):
+                config[key].update(earlier)
+    config["predict"][dataset] = pconf
+    config["evaluate"][dataset] = _plain(asdict(cfg))
     info = RunInfo(
         run_id=run_id,
         predictor=predictor,
         variant=pconf.get("variant"),
         datasets=sorted(set((previous.info.datasets if previous else []) + [dataset])),
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        config={"predict": pconf, "evaluate": _plain(asdict(cfg))},
+        config=config,
         versions=_versions(),
         git_commit=git_commit(),
         lpips_backbone=lpips,

@@ -120,7 +120,9 @@ def test_oracle_gets_perfect_scores_and_visual_hull_real_ones(
     assert np.array(hull.geometry_metrics["chamfer"].to_pylist()).mean() > 0.01
     run_json = json.loads((tmp_path / "hull" / "run.json").read_text())
     assert run_json["predictor"] == "visual-hull" and run_json["lpips_available"] is False
-    assert run_json["config"]["evaluate"]["device"] == "cpu"  # auto on a CPU-only cluster
+    for dataset in ("gso", "omni3d"):  # one config per evaluation set
+        assert run_json["config"]["evaluate"][dataset]["device"] == "cpu"  # auto, CPU cluster
+        assert run_json["config"]["predict"][dataset]["evalset"].endswith(dataset)
     assert sorted(run_json["datasets"]) == ["gso", "omni3d"]
     first = hull.image_metrics.to_pylist()[0]
     assert Path(first["pred_uri"]).is_file() and Path(first["gt_uri"]).is_file()
