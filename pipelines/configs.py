@@ -88,7 +88,7 @@ LOWER_BOUNDS: dict[str, tuple[float, bool]] = {
     ),
     **dict.fromkeys(
         ("timeout_s", "cpus_per_worker", "gpus_per_worker", "metrics_gpus_per_worker",
-         "fscore_threshold", "density_threshold"),
+         "fscore_threshold"),
         (0, False),
     ),
 }  # fmt: skip
