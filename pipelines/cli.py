@@ -28,7 +28,7 @@ class StatusConfig:
     """Summarise a stage's compiled status table: counts and failures by cause."""
 
     path: Positional[str]
-    """A ``status.parquet`` URL, or a stage directory that holds one (e.g. ``demo_out/inspect``)."""
+    """A `status.parquet` URL, or a stage directory that holds one (e.g. `demo_out/inspect`)."""
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ class IngestConfig:
     """Build the object manifest from a local Objaverse cache."""
 
     out: str
-    """Manifest URL to write (Parquet), e.g. ``out/manifests/objaverse.parquet``."""
+    """Manifest URL to write (Parquet), e.g. `out/manifests/objaverse.parquet`."""
     cache: str = str(default_cache_root())
-    """Objaverse cache root (the folder that holds ``hf-objaverse-v1/``)."""
+    """Objaverse cache root (the folder that holds `hf-objaverse-v1/`)."""
     captions: str | None = None
-    """Cap3D captions CSV (``Cap3D_automated_Objaverse_full.csv``); adds a ``caption`` column."""
+    """Cap3D captions CSV (`Cap3D_automated_Objaverse_full.csv`); adds a `caption` column."""
     compute_sha256: bool = True
     """Hash every GLB present in the cache (reads every file once)."""
 

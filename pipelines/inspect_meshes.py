@@ -33,7 +33,7 @@ class InspectConfig:
     manifest: str
     """Object manifest (Parquet URL) with uid, source, mesh_uri, sha256."""
     out: str
-    """Job output root (URL); the stage writes ``<out>/inspect/{status,results}.parquet``."""
+    """Job output root (URL); the stage writes `<out>/inspect/{status,results}.parquet`."""
     verify_sha256: bool = True
     """Fail an object whose file does not match the manifest's sha256 (when one is given)."""
     run: RunOptions = field(default_factory=RunOptions, metadata=NO_HASH)

@@ -65,9 +65,9 @@ class RenderConfig:
     """Render objects (a manifest or mesh files) into an InstantMesh / Zero123++ / eval layout."""
 
     out: str
-    """Job output root (URL): receives ``<layout dir>/<uid>/`` and ``render-<layout>/`` tables."""
+    """Job output root (URL): receives `<layout dir>/<uid>/` and `render-<layout>/` tables."""
     manifest: str | None = None
-    """Object manifest (Parquet with uid, source, mesh_uri, sha256). Give this or ``--input``."""
+    """Object manifest (Parquet with uid, source, mesh_uri, sha256). Give this or `--input`."""
     input: str | None = None
     """A mesh file or a directory of mesh files (glb/gltf/obj/fbx/ply/stl); uid = file stem."""
     layout: Literal["instantmesh32", "zero123pp", "eval"] = "instantmesh32"

@@ -58,6 +58,9 @@ def print_status(status: pa.Table, console: Console | None = None) -> dict[str, 
     console = console or make_console()
     counts = collections.Counter(status["status"].to_pylist())
     stages = sorted(set(status["stage"].to_pylist()))
+    if status.num_rows == 0:
+        console.print("no items in this status table (the stage ran on an empty manifest)")
+        return {"counts": {}, "errors": []}
     console.print(
         f"stage(s) {', '.join(stages)}: {status.num_rows} items, "
         + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))

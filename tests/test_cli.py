@@ -27,7 +27,9 @@ def test_subcommand_help_explains_options(capsys: pytest.CaptureFixture[str]) ->
 def test_every_subcommand_help_works(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Each command's options resolve (a field shadowing a type once broke `evalset`)."""
     assert main([command, "--help"]) == 0
-    assert "usage: imesh " + command in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "usage: imesh " + command in out
+    assert "``" not in out  # option docs are plain text, not reStructuredText
 
 
 def test_unknown_command_and_bad_input_exit_2(
