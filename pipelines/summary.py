@@ -27,13 +27,27 @@ def make_console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, width=width)
 
 
+def _short_outputs(outs: list[str]) -> list[str]:
+    """Output roots relative to their common prefix (so equal stage names of different evaluation
+    sets or runs can be told apart); unchanged when they share none."""
+    try:
+        common = os.path.commonpath(outs)
+    except ValueError:  # mixed absolute/relative or URL schemes
+        return outs
+    if len(set(outs)) < 2 or common in ("", "/"):
+        return outs
+    return [os.path.relpath(o, common) for o in outs]
+
+
 def stage_table(reports: list[StageReport]) -> Table:
     table = Table(title="stages", show_lines=False)
-    for col in ("stage", "objects", "ok", "failed", "skipped", "resumed", "seconds"):
-        table.add_column(col, justify="right" if col != "stage" else "left")
-    for r in reports:
+    columns = ("stage", "output", "objects", "ok", "failed", "skipped", "resumed", "seconds")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("stage", "output") else "right")
+    for r, where in zip(reports, _short_outputs([r.out for r in reports]), strict=True):
         table.add_row(
             r.stage,
+            where,
             str(r.total),
             str(r.ok),
             str(r.failed),

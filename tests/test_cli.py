@@ -185,3 +185,26 @@ def test_render_input_refuses_a_gso_root_with_the_command_that_handles_it(
     rc = main(["render", "--input", str(gso_root), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 2 and "Google Scanned Objects" in err and "imesh evalset --dataset gso" in err
+
+
+def test_stage_table_tells_equal_stage_names_apart() -> None:
+    from rich.console import Console
+
+    from pipelines.runner import StageReport
+    from pipelines.summary import stage_table
+
+    def report(stage: str, out: str) -> StageReport:
+        counts = {"ok": 2}
+        return StageReport(stage, out, 2, 0, 2, counts, [], 1.0, out + "/s", out + "/r")
+
+    table = stage_table(
+        [
+            report("evalset-build", "/data/demo/evalsets/gso"),
+            report("evalset-build", "/data/demo/evalsets/omni3d"),
+            report("predict-gso", "/data/demo/runs/visual-hull"),
+        ]
+    )
+    console = Console(width=200, record=True)
+    console.print(table)
+    text = console.export_text()
+    assert "evalsets/gso" in text and "evalsets/omni3d" in text and "runs/visual-hull" in text
