@@ -82,9 +82,11 @@ def _inspect() -> type:
 def _run_inspect(cfg: Any) -> int:
     from pipelines.inspect_meshes import run_inspect
     from pipelines.ray_session import ray_session
+    from pipelines.schema import read_manifest
 
+    manifest = read_manifest(cfg.manifest)  # bad input fails before Ray starts
     with ray_session(cfg.address):
-        report = run_inspect(cfg)
+        report = run_inspect(cfg, manifest)
     _print_reports([report])
     return 0
 
@@ -160,12 +162,13 @@ def _lazy(module: str, attr: str) -> Callable[[], Any]:
 
 def _run_render(cfg: Any) -> int:
     from pipelines.ray_session import ray_session
-    from pipelines.render import run_render
+    from pipelines.render import check_render_config, run_render
     from pipelines.summary import make_console
     from rendering.output_layouts import LAYOUT_DIRS
 
+    manifest = check_render_config(cfg)  # bad input fails before Ray starts
     with ray_session(cfg.address):
-        report = run_render(cfg)
+        report = run_render(cfg, manifest)
     _print_reports([report])
     make_console().print(
         f"renders: {cfg.out}/{LAYOUT_DIRS[cfg.layout]}/<uid>/  status: {report.status_uri}"

@@ -77,7 +77,8 @@ def inspect_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
 INSPECT_STAGE = Stage(name="inspect", process=inspect_item, result_schema=RESULT_SCHEMA)
 
 
-def run_inspect(cfg: InspectConfig) -> StageReport:
-    """Run the inspection stage (Ray must be initialised: see ``pipelines.ray_session``)."""
-    manifest = read_manifest(cfg.manifest)
-    return run_stage(INSPECT_STAGE, cfg, manifest, cfg.out, cfg.run)
+def run_inspect(cfg: InspectConfig, manifest: pa.Table | None = None) -> StageReport:
+    """Run the inspection stage (Ray must be initialised: see ``pipelines.ray_session``).
+    ``manifest``: the already read ``cfg.manifest`` (read here otherwise)."""
+    table = manifest if manifest is not None else read_manifest(cfg.manifest)
+    return run_stage(INSPECT_STAGE, cfg, table, cfg.out, cfg.run)

@@ -276,12 +276,19 @@ def load_render_manifest(cfg: RenderConfig) -> pa.Table:
     return manifest_from_input(cfg.input)
 
 
-def run_render(cfg: RenderConfig, manifest: pa.Table | None = None) -> StageReport:
-    """Render every object of the manifest (Ray must be initialised; see ``ray_session``)."""
+def check_render_config(cfg: RenderConfig) -> pa.Table:
+    """Everything about a render job that can be checked without Ray: layout, backend
+    availability, and the manifest (returned)."""
     if cfg.layout not in LAYOUT_DIRS:
         raise ConfigError(f"unknown layout {cfg.layout!r}; choose one of {sorted(LAYOUT_DIRS)}")
     reason = unavailable_reason(cfg.backend)
     if reason is not None:
         raise BackendUnavailable(reason)
-    table = manifest if manifest is not None else load_render_manifest(cfg)
+    return load_render_manifest(cfg)
+
+
+def run_render(cfg: RenderConfig, manifest: pa.Table | None = None) -> StageReport:
+    """Render every object of the manifest (Ray must be initialised; see ``ray_session``).
+    ``manifest``: the table :func:`check_render_config` returned (checked again otherwise)."""
+    table = manifest if manifest is not None else check_render_config(cfg)
     return run_stage(render_stage(cfg), cfg, table, cfg.out, cfg.run)
