@@ -156,8 +156,25 @@ def subset_config(cls: type[Any], cfg: Any, **extra: Any) -> Any:
 
 
 def evalset_dataset(evalset: str) -> str:
-    info = json.loads(storage.read_text(storage.join(evalset, "evalset.json")))
-    return str(info["dataset"])
+    """The dataset an evaluation set was built from (its ``evalset.json``); a folder that is
+    not an evaluation set is a ConfigError, naming the sets below it when there are some."""
+    url = storage.join(evalset, "evalset.json")
+    if not storage.exists(url):
+        fs, root = storage.filesystem(evalset)
+        below = sorted(
+            p.rstrip("/").split("/")[-2] for p in fs.glob(f"{root.rstrip('/')}/*/evalset.json")
+        )
+        hint = (
+            f"; it holds the evaluation sets {', '.join(below)}: pass one of "
+            + ", ".join(storage.join(evalset, b) for b in below)
+            if below
+            else " (build one with `imesh evalset`)"
+        )
+        raise ConfigError(f"{evalset} is not an evaluation set: no evalset.json{hint}")
+    try:
+        return str(json.loads(storage.read_text(url))["dataset"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{url}: not a valid evalset.json ({e})") from e
 
 
 def evalset_manifest(evalset: str) -> pa.Table:

@@ -53,6 +53,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     }
     if address is None:
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+    if address is not None:
+        check_reachable(address)
     try:
         ray.init(address=address, **kwargs)  # type: ignore[arg-type]
     except ConnectionError as e:
@@ -71,6 +73,28 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         if reaper is not None:
             reaper.terminate()
             reaper.wait(timeout=10)
+
+
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail fast on a ``host:port`` (or ``ray://host:port``) address nobody answers on: Ray's own
+    connection loop retries for minutes. ``auto`` / ``local`` and addresses without a port are
+    left to Ray."""
+    import socket
+
+    from pipelines.configs import ConfigError
+
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"no Ray cluster answers at {address} ({e or 'timed out'} after <= {timeout_s:g} s); "
+            "check --address / RAY_ADDRESS, or leave both out for a local Ray"
+        ) from e
 
 
 def _start_reaper() -> subprocess.Popen[bytes] | None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -208,3 +209,31 @@ def test_stage_table_tells_equal_stage_names_apart() -> None:
     console.print(table)
     text = console.export_text()
     assert "evalsets/gso" in text and "evalsets/omni3d" in text and "runs/visual-hull" in text
+
+
+def test_unreachable_ray_address_fails_fast() -> None:
+    import socket
+    import time
+
+    from pipelines.configs import ConfigError
+    from pipelines.ray_session import check_reachable
+
+    with socket.socket() as s:  # a port nobody listens on: bind, then close
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=f"no Ray cluster answers at 127.0.0.1:{port}"):
+        check_reachable(f"127.0.0.1:{port}")
+    assert time.perf_counter() - start < 10
+    check_reachable("auto")  # left to Ray
+
+
+def test_parent_of_evaluation_sets_is_named_with_its_sets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("gso", "omni3d"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "evalset.json").write_text(json.dumps({"dataset": name}))
+    rc = main(["predict", "--evalset", str(tmp_path), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "holds the evaluation sets gso, omni3d" in err
