@@ -216,9 +216,10 @@ def _run_evalset(cfg: Any) -> int:
 
 
 def _run_predict(cfg: Any) -> int:
-    from pipelines.benchmark import run_predict
+    from pipelines.benchmark import evalset_dataset, run_predict
     from pipelines.ray_session import ray_session
 
+    evalset_dataset(cfg.evalset)  # not an evaluation set: fail before Ray starts
     with ray_session(cfg.address):
         report = run_predict(cfg)
     _print_reports([report])
@@ -229,9 +230,10 @@ def _run_predict(cfg: Any) -> int:
 
 
 def _run_evaluate(cfg: Any) -> int:
-    from pipelines.benchmark import run_evaluate
+    from pipelines.benchmark import evalset_dataset, run_evaluate
     from pipelines.ray_session import ray_session
 
+    evalset_dataset(cfg.evalset)  # not an evaluation set: fail before Ray starts
     with ray_session(cfg.address):
         report, _ = run_evaluate(cfg)
     _print_reports([report])
@@ -242,9 +244,11 @@ def _run_evaluate(cfg: Any) -> int:
 
 
 def _run_benchmark(cfg: Any) -> int:
-    from pipelines.benchmark import run_benchmark
+    from pipelines.benchmark import evalset_dataset, run_benchmark
     from pipelines.ray_session import ray_session
 
+    for evalset in cfg.evalsets:
+        evalset_dataset(evalset)  # not an evaluation set: fail before Ray starts
     with ray_session(cfg.address):
         reports, _ = run_benchmark(cfg)
     _print_reports(reports)
