@@ -62,17 +62,30 @@ class PredictorInput:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
 
-    def six_views(self) -> tuple[list[np.ndarray], list[Camera]]:
-        """The six Zero123++ target views (RGBA) and their cameras."""
-        npz_path = self.object_dir / "zero123pp" / "cameras.npz"
+    def cameras(self, view_set: str) -> list[Camera]:
+        """Cameras of a view set of the object folder (``""``: the input view at the top level,
+        ``"zero123pp"``, ``"orbit"``, ``"benchmark"``), from its ``cameras.npz``."""
+        npz_path = self.object_dir / view_set / "cameras.npz"
         if not npz_path.is_file():
-            raise PredictorError(f"{self.uid}: missing {npz_path} (six-view inputs)")
+            raise PredictorError(f"{self.uid}: missing {npz_path}")
         data = np.load(npz_path)
         size = (int(data["size"][0]), int(data["size"][1]))
-        cams = [
+        return [
             Camera.from_c2w(c2w.astype(np.float64), float(fov), size)
             for c2w, fov in zip(data["c2w"], data["fov_deg"], strict=True)
         ]
+
+    def input_view(self) -> tuple[np.ndarray, Camera]:
+        """The single input image (``input.png``, RGBA) and its camera: what a single-image
+        method sees, and the pose its reconstruction is relative to."""
+        cams = self.cameras("")
+        if len(cams) != 1:
+            raise PredictorError(f"{self.uid}: expected one input camera, found {len(cams)}")
+        return self.image("input.png"), cams[0]
+
+    def six_views(self) -> tuple[list[np.ndarray], list[Camera]]:
+        """The six Zero123++ target views rendered from the GT (RGBA) and their cameras."""
+        cams = self.cameras("zero123pp")
         images = [self.image(f"zero123pp/{i:03d}.png") for i in range(1, len(cams) + 1)]
         return images, cams
 
