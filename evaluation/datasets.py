@@ -46,12 +46,12 @@ untextured with ``mesh.metadata["has_texture"] = False`` and a note; it is not a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
 import re
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,13 +65,16 @@ from trimesh.visual.texture import TextureVisuals
 
 from filtering.objaverse_cache import sha256_file
 from rendering.mesh_io import MeshLoadError, scene_to_mesh
+from rendering.uids import MAX_UID_BYTES, uid_collisions, uid_from_name, uid_problem
 
 log = logging.getLogger(__name__)
 
-UID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-"""Allowed uids: one path component of letters, digits, ``_ . -``, starting alphanumeric (also
-no ``..`` and at most 200 characters, the same rule as the pipeline's storage)."""
-MAX_UID_LEN = 200
+UID_PATTERN = re.compile(r"^[^\W_][\w.-]*$")
+"""Shape of allowed uids: one path component of unicode letters, digits, ``_ . -``, starting
+with a letter or digit; the full rule (NFC, no ``..``, at most 200 UTF-8 bytes) is
+``rendering.uids``, shared with the pipeline's storage. Folder names become uids through
+``rendering.uids.uid_from_name`` (``Coffee Mug`` -> ``Coffee_Mug``)."""
+MAX_UID_LEN = MAX_UID_BYTES
 
 GSO_OBJ = Path("meshes") / "model.obj"
 GSO_TEXTURE_DIR = Path("materials") / "textures"
@@ -97,34 +100,33 @@ class DatasetError(ValueError):
 
 
 def check_uid(uid: str, what: str = "object") -> str:
-    """Return ``uid`` if it is a safe single path component (see :data:`UID_PATTERN`)."""
-    if not _uid_ok(uid):
+    """Return ``uid`` if it is a safe single path component (``rendering.uids``)."""
+    problem = uid_problem(uid)
+    if problem is not None:
         raise DatasetError(
-            f"{what} id {uid!r} is not a path-safe uid (allowed: {UID_PATTERN.pattern}, "
-            f"no '..', at most {MAX_UID_LEN} characters)"
+            f"{what} id {uid!r} is not a path-safe uid ({problem}; allowed: unicode letters, "
+            f"digits, '_', '-', '.', no '..', at most {MAX_UID_LEN} bytes)"
         )
     return uid
 
 
-def _uid_ok(uid: object) -> bool:
-    return (
-        isinstance(uid, str)
-        and bool(UID_PATTERN.match(uid))
-        and ".." not in uid
-        and len(uid) <= MAX_UID_LEN
-    )
-
-
-def _check_uids(uids: Sequence[str], where: str) -> None:
-    bad = [u for u in uids if not _uid_ok(u)]
-    if bad:
-        raise DatasetError(
-            f"{where}: {len(bad)} object name(s) are not path-safe uids "
-            f"(allowed: {UID_PATTERN.pattern}, no '..'): {', '.join(repr(b) for b in bad)}"
+def _merge_uid_collisions(objects: list[Any], where: str) -> list[Any]:
+    """Objects whose folder names give the same uid (``Coffee Mug`` / ``Coffee_Mug``, or equal
+    up to case) become one object with ``uid_error`` naming every folder: it fails alone at
+    build time (a status row), never the whole dataset, and no uid silently means one of them."""
+    groups = uid_collisions([o.uid for o in objects])
+    if not groups:
+        return objects
+    drop: set[int] = set()
+    for uid, idx in groups.items():
+        names = ", ".join(repr(objects[i].folder.name) for i in idx)
+        message = (
+            f"{where}: folders {names} all give the object id {uid!r} (equal once made "
+            "path-safe, or up to case); rename them so that each has its own id"
         )
-    dup = sorted(u for u, n in Counter(uids).items() if n > 1)
-    if dup:
-        raise DatasetError(f"{where}: duplicated object id(s): {', '.join(dup)}")
+        objects[idx[0]] = dataclasses.replace(objects[idx[0]], uid=uid, uid_error=message)
+        drop.update(idx[1:])
+    return [o for i, o in enumerate(objects) if i not in drop]
 
 
 def natural_key(text: str) -> tuple[Any, ...]:
@@ -153,6 +155,8 @@ class GsoObject:
     metadata_name: str | None = None
     """``name`` from ``metadata.pbtxt`` (usually equal to the folder name)."""
     notes: tuple[str, ...] = ()
+    uid_error: str | None = None
+    """Why this object cannot get a unique uid (its build fails with this message)."""
     source: Literal["gso"] = "gso"
 
     @property
@@ -179,6 +183,8 @@ class Omni3dObject:
     transforms_path: Path | None
     """Benchmark-view cameras (``transforms.json``) when the renders are present."""
     notes: tuple[str, ...] = ()
+    uid_error: str | None = None
+    """Why this object cannot get a unique uid (its build fails with this message)."""
     source: Literal["omni3d"] = "omni3d"
 
     @property
@@ -481,7 +487,7 @@ def scan_gso(root: str | os.PathLike[str]) -> list[GsoObject]:
             notes.append(f"{GSO_OBJ.as_posix()} missing")
         objects.append(
             GsoObject(
-                uid=folder.name,
+                uid=uid_from_name(folder.name),
                 name=folder.name,
                 folder=folder.absolute(),
                 obj_path=obj_path.absolute(),
@@ -494,7 +500,7 @@ def scan_gso(root: str | os.PathLike[str]) -> list[GsoObject]:
     if not objects:
         raise DatasetError(f"no GSO objects under {base} (expected <Name>/{GSO_OBJ.as_posix()})")
     objects.sort(key=lambda o: o.name)
-    _check_uids([o.uid for o in objects], f"GSO root {base}")
+    objects = _merge_uid_collisions(objects, f"GSO root {base}")
     return objects
 
 
@@ -576,7 +582,7 @@ def scan_omni3d(root: str | os.PathLike[str]) -> list[Omni3dObject]:
             m = re.search(r"(\d+)$", obj_dir.name)
             objects.append(
                 Omni3dObject(
-                    uid=obj_dir.name,
+                    uid=uid_from_name(obj_dir.name),
                     category=cat_dir.name,
                     object_id=obj_dir.name,
                     index=int(m.group(1)) if m else None,
@@ -595,7 +601,7 @@ def scan_omni3d(root: str | os.PathLike[str]) -> list[Omni3dObject]:
             f"{OMNI3D_SCANS}/<category>/<object_id>/{OMNI3D_OBJ.as_posix()})"
         )
     objects.sort(key=lambda o: (o.category, natural_key(o.object_id)))
-    _check_uids([o.uid for o in objects], f"OmniObject3D root {base}")
+    objects = _merge_uid_collisions(objects, f"OmniObject3D root {base}")
     return objects
 
 

@@ -19,7 +19,8 @@
 A :class:`Selection` is a list of dataset objects carrying how it was made (``available``,
 ``requested``, ``notes``, per-category counts). :func:`evalset_manifest` turns it into the
 manifest Parquet table of the pipeline (``uid``, ``source``, ``mesh_uri``, ``sha256`` plus
-``name``, ``category``, ``texture_uri``, ``transforms_uri``, ``has_texture``).
+``name``, ``category``, ``texture_uri``, ``transforms_uri``, ``has_texture``, ``uid_error``:
+why the object has no unique uid, so that its build fails).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ EVALSET_MANIFEST_SCHEMA = pa.schema(
         pa.field("texture_uri", pa.string()),
         pa.field("transforms_uri", pa.string()),
         pa.field("has_texture", pa.bool_(), nullable=False),
+        pa.field("uid_error", pa.string()),
     ]
 )
 
@@ -315,6 +317,7 @@ def evalset_manifest(selected: Sequence[EvalObject], dataset: Dataset) -> pa.Tab
         rows["texture_uri"].append(str(o.texture_path) if o.texture_path else None)
         rows["transforms_uri"].append(str(o.transforms_path) if o.transforms_path else None)
         rows["has_texture"].append(bool(o.has_texture))
+        rows["uid_error"].append(o.uid_error)
     _no_duplicates(uids, "uids in the selection")
     return pa.table(rows, schema=EVALSET_MANIFEST_SCHEMA)
 

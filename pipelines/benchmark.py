@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -245,7 +246,36 @@ def predict_stage(cfg: PredictConfig, dataset: str) -> Stage:
         item_output=f"predictions/{dataset}",
         setup=_predictor_setup,
         num_gpus=gpus,
+        input_fingerprint=prediction_inputs,
     )
+
+
+def prediction_inputs(row: dict[str, Any], cfg: PredictConfig) -> str:
+    """What a prediction reads besides its config: the evaluation-set object it predicts from
+    (its marker) and, for ``mesh-dir``, the mesh file it imports with the files that mesh
+    references and ``predictor.yaml`` (content hashes). Replacing a predicted mesh therefore
+    re-predicts the object on resume, and ``evaluate`` follows the new prediction's marker."""
+    from evaluation.predictors import MESH_EXTENSIONS
+    from pipelines.fingerprint import file_digest, fingerprint, mesh_fingerprint
+
+    uid = str(row.get("uid"))
+    try:
+        parts: dict[str, Any] = {
+            "gt": storage.read_marker(storage.join(cfg.evalset, EVALSET_OBJECTS, uid))
+        }
+        if cfg.predictor == "mesh-dir" and cfg.mesh_dir:
+            root = Path(cfg.mesh_dir)
+            parts["predictor_yaml"] = file_digest(root / "predictor.yaml")
+            for ext in MESH_EXTENSIONS:  # the file MeshDirPredictor picks: first that exists
+                candidate = root / f"{uid}{ext}"
+                if os.path.lexists(candidate):
+                    parts["prediction"] = {candidate.name: mesh_fingerprint(str(candidate))}
+                    break
+            else:
+                parts["prediction"] = "missing"
+        return fingerprint(**parts)
+    except Exception as e:  # a fingerprint never raises: `process` reports the cause
+        return fingerprint(error=f"{type(e).__name__}: {e}")
 
 
 def run_predict(cfg: PredictConfig) -> StageReport:

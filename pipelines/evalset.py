@@ -52,6 +52,7 @@ from evaluation.evalsets import (
 )
 from pipelines import storage
 from pipelines.configs import NO_HASH, ConfigError, write_resolved_config
+from pipelines.fingerprint import file_digest, fingerprint, mesh_fingerprint
 from pipelines.runner import RunOptions, StageReport, run_stage
 from pipelines.schema import write_parquet
 from pipelines.stage import ItemContext, Stage
@@ -152,6 +153,8 @@ def _setup(cfg: EvalsetConfig) -> Any:
 def build_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
     cfg: EvalsetConfig = ctx.config
     assert ctx.scratch_dir is not None
+    if row.get("uid_error"):
+        raise DatasetError(row["uid_error"])
     obj = _object_from_row(row)
     if isinstance(obj, GsoObject):
         mesh = load_gso_mesh(obj)
@@ -208,6 +211,24 @@ RESULT_SCHEMA = pa.schema(
     ]
 )
 
+
+def gt_inputs(row: dict[str, Any], cfg: EvalsetConfig) -> str:
+    """What a GT object's build reads: its OBJ with the MTL/textures beside it, the texture the
+    dataset layout resolves (GSO ``materials/textures/``), the benchmark cameras'
+    ``transforms.json`` (content hashes), so a replaced GT file rebuilds the object on resume
+    (and the evaluations scored against it follow its new marker)."""
+    del cfg
+    try:
+        return fingerprint(
+            mesh=mesh_fingerprint(row.get("mesh_uri")),
+            texture=file_digest(row.get("texture_uri")),
+            transforms=file_digest(row.get("transforms_uri")),
+            uid_error=row.get("uid_error"),
+        )
+    except Exception as e:  # a fingerprint never raises: `process` reports the cause
+        return fingerprint(error=f"{type(e).__name__}: {e}")
+
+
 BUILD_STAGE = Stage(
     name="evalset-build",
     process=build_item,
@@ -215,6 +236,7 @@ BUILD_STAGE = Stage(
     item_output="objects",
     setup=_setup,
     validate=validate_build,
+    input_fingerprint=gt_inputs,
 )
 
 

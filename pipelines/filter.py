@@ -52,6 +52,7 @@ from filtering.metadata_pass import metadata_pass
 from filtering.objaverse_cache import default_cache_root
 from pipelines import storage
 from pipelines.configs import NO_HASH, ConfigError, write_resolved_config
+from pipelines.fingerprint import row_mesh_inputs
 from pipelines.ingest import IngestConfig, build_manifest
 from pipelines.runner import RunOptions, StageReport, run_stage
 from pipelines.schema import manifest_from_rows, read_manifest, read_parquet, write_parquet
@@ -146,12 +147,18 @@ def coverage_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
     return {"coverage": coverage, "min_coverage": min(coverage)}
 
 
-FILES_STAGE = Stage(name="filter-files", process=files_item, result_schema=FILES_SCHEMA)
+FILES_STAGE = Stage(
+    name="filter-files",
+    process=files_item,
+    result_schema=FILES_SCHEMA,
+    input_fingerprint=row_mesh_inputs,  # a replaced GLB is judged again on resume
+)
 COVERAGE_STAGE = Stage(
     name="filter-coverage",
     process=coverage_item,
     result_schema=COVERAGE_SCHEMA,
     setup=_coverage_setup,
+    input_fingerprint=row_mesh_inputs,
 )
 
 

@@ -16,6 +16,7 @@ import pyarrow as pa
 from filtering.objaverse_cache import sha256_file
 from pipelines import storage
 from pipelines.configs import NO_HASH
+from pipelines.fingerprint import row_mesh_inputs
 from pipelines.runner import RunOptions, StageReport, run_stage
 from pipelines.schema import read_manifest
 from pipelines.stage import ItemContext, Stage
@@ -74,7 +75,12 @@ def inspect_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
             path.unlink(missing_ok=True)
 
 
-INSPECT_STAGE = Stage(name="inspect", process=inspect_item, result_schema=RESULT_SCHEMA)
+INSPECT_STAGE = Stage(
+    name="inspect",
+    process=inspect_item,
+    result_schema=RESULT_SCHEMA,
+    input_fingerprint=row_mesh_inputs,  # the file and its textures: replaced -> redone
+)
 
 
 def run_inspect(cfg: InspectConfig, manifest: pa.Table | None = None) -> StageReport:

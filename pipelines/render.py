@@ -19,8 +19,6 @@ Outputs under ``<out>``::
 
 from __future__ import annotations
 
-import hashlib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,8 +27,9 @@ import pyarrow as pa
 
 from pipelines import storage
 from pipelines.configs import NO_HASH, ConfigError
+from pipelines.fingerprint import file_digest, fingerprint, mesh_fingerprint, sha256_hex
 from pipelines.runner import RunOptions, StageReport, run_stage
-from pipelines.schema import manifest_from_rows, read_manifest
+from pipelines.schema import manifest_from_rows, read_manifest, write_parquet
 from pipelines.stage import ItemContext, Stage
 from rendering.backends import (
     BackendUnavailable,
@@ -50,6 +49,7 @@ from rendering.output_layouts import (
     render_layout,
     validate_object_dir,
 )
+from rendering.uids import UidCollision, uid_collisions, uid_from_name
 
 MESH_SUFFIXES = Y_UP_SUFFIXES + Z_UP_SUFFIXES
 NATIVE_ONLY_SUFFIXES = (".fbx",)
@@ -160,6 +160,8 @@ def _wants_benchmark(cfg: RenderConfig, row: dict[str, Any]) -> bool:
 def render_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
     cfg: RenderConfig = ctx.config
     assert ctx.scratch_dir is not None
+    if row.get("uid_error"):
+        raise UidCollision(row["uid_error"])
     if row.get("outside_input"):
         raise ConfigError(f"{row['mesh_uri']}: symlink resolves outside the input folder (refused)")
     path, temporary = storage.local_path(row["mesh_uri"])
@@ -218,14 +220,38 @@ def render_stage(cfg: RenderConfig) -> Stage:
         validate=validate_render,
         num_cpus=cfg.cpus_per_worker,
         num_gpus=gpus,
+        input_fingerprint=render_inputs,
     )
 
 
-_UID_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+def render_inputs(row: dict[str, Any], cfg: RenderConfig) -> str:
+    """What a render reads besides its config: the mesh file, the textures/buffers it
+    references and the benchmark cameras' ``transforms.json`` (content hashes), so replacing
+    any of them re-renders the object on resume (``pipelines.fingerprint``)."""
+    del cfg
+    try:
+        if row.get("uid_error"):
+            return fingerprint(uid_error=row["uid_error"])
+        if row.get("outside_input"):  # never read: the row fails saying so
+            return fingerprint(mesh="outside the input folder (not read)")
+        parts: dict[str, Any] = {"mesh": mesh_fingerprint(row.get("mesh_uri"))}
+        if row.get("transforms_uri"):
+            parts["transforms"] = file_digest(row["transforms_uri"])
+        return fingerprint(**parts)
+    except Exception as e:  # a fingerprint never raises: `process` reports the cause
+        return fingerprint(error=f"{type(e).__name__}: {e}")
 
 
 def manifest_from_input(input_path: str) -> pa.Table:
-    """A manifest for a mesh file or every mesh file in a directory (uid = sanitized stem)."""
+    """A manifest for a mesh file or every mesh file in a directory.
+
+    uid = :func:`rendering.uids.uid_from_name` of the file stem (readable, stable, path-safe).
+    Files whose uids are equal (up to case: ``a b.glb`` / ``a_b.glb``, ``Chair.glb`` /
+    ``chair.glb``, or equal stems in different folders) share one row that fails naming all of
+    them (``uid_error``), so no uid silently switches to another file. ``input_files`` holds the
+    file(s) behind each uid, relative to the input folder (also written as ``uid_map.parquet``
+    beside the stage's status).
+    """
     p = Path(input_path)
     if p.is_dir():
         wanted = MESH_SUFFIXES + REFUSED_SUFFIXES
@@ -244,27 +270,55 @@ def manifest_from_input(input_path: str) -> pa.Table:
             "evaluation views with `imesh evalset --dataset gso --root DIR`, which resolves "
             "that layout's texture paths; `imesh render --input` takes plain mesh files"
         )
-    rows, seen = [], set()
     root = p.resolve() if p.is_dir() else p.parent.resolve()
-    for f in files:
-        uid = _UID_SAFE.sub("_", f.stem).strip("._") or "object"
-        if uid in seen:
-            uid = f"{uid}-{hashlib.sha1(str(f).encode()).hexdigest()[:8]}"
-        seen.add(uid)
+    names = [f.relative_to(p).as_posix() if p.is_dir() else f.name for f in files]
+    uids = [uid_from_name(f.stem) for f in files]
+    collided = {i: uid for uid, idx in uid_collisions(uids).items() for i in idx}
+    groups: dict[str, list[int]] = {}
+    for i, uid in collided.items():
+        groups.setdefault(uid, []).append(i)
+    rows = []
+    for i, f in enumerate(files):
+        if i in collided:
+            group = groups[collided[i]]
+            if i != group[0]:
+                continue
+            listed = ", ".join(repr(names[j]) for j in group)
+            rows.append(
+                {
+                    "uid": collided[i],
+                    "source": "synthetic",
+                    "mesh_uri": str(f.absolute()),
+                    "sha256": None,
+                    "outside_input": False,
+                    "input_files": [names[j] for j in group],
+                    "uid_error": (
+                        f"uid {collided[i]!r} would name {len(group)} files: {listed} (equal "
+                        "once made path-safe, or up to case); rename them so that each file "
+                        "has its own uid"
+                    ),
+                }
+            )
+            continue
         target = f.resolve()
         inside = target.is_relative_to(root)
         rows.append(
             {
-                "uid": uid,
+                "uid": uids[i],
                 "source": "synthetic",
                 # A symlink leading outside the input folder is listed under its own path, so
                 # its object fails with a row saying so instead of reading the target.
                 "mesh_uri": str(target if inside else f.absolute()),
-                "sha256": hashlib.sha256(target.read_bytes()).hexdigest() if inside else None,
+                "sha256": sha256_hex(target) if inside else None,
                 "outside_input": not inside,
+                "input_files": [names[i]],
+                "uid_error": None,
             }
         )
     return manifest_from_rows(rows)
+
+
+UID_MAP_COLUMNS = ("uid", "input_files", "mesh_uri", "uid_error")
 
 
 def load_render_manifest(cfg: RenderConfig) -> pa.Table:
@@ -291,4 +345,11 @@ def run_render(cfg: RenderConfig, manifest: pa.Table | None = None) -> StageRepo
     """Render every object of the manifest (Ray must be initialised; see ``ray_session``).
     ``manifest``: the table :func:`check_render_config` returned (checked again otherwise)."""
     table = manifest if manifest is not None else check_render_config(cfg)
-    return run_stage(render_stage(cfg), cfg, table, cfg.out, cfg.run)
+    stage = render_stage(cfg)
+    report = run_stage(stage, cfg, table, cfg.out, cfg.run)
+    if set(UID_MAP_COLUMNS) <= set(table.column_names):  # --input: which file is which uid
+        write_parquet(
+            table.select(list(UID_MAP_COLUMNS)),
+            storage.join(cfg.out, stage.name, "uid_map.parquet"),
+        )
+    return report

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Mapping
@@ -30,12 +29,13 @@ from typing import Any
 import fsspec
 from fsspec import AbstractFileSystem
 
+from rendering.uids import uid_problem
+
 MARKER_NAME = "_SUCCESS.json"
 STAGING_DIR = ".staging"
 
 # uids become path components: keep them to a conservative alphabet so that no uid can escape
-# the output root (no separators, no "..", no leading dot, bounded length).
-_SAFE_UID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+# the output root (no separators, no "..", no leading dot, bounded length): rendering.uids.
 
 
 class UnsafeUidError(ValueError):
@@ -45,14 +45,16 @@ class UnsafeUidError(ValueError):
 def check_uid(uid: str) -> str:
     """Return ``uid`` unchanged if it is safe to use as one path component, else raise.
 
-    Safe means: 1-200 characters from ``[A-Za-z0-9_.-]``, starting with a letter or digit, and
-    not containing ``..``. Path separators, ``..`` and hidden names are refused so an item can
-    never write outside its job's output root.
+    Safe means (``rendering.uids``): NFC-normalised unicode letters and digits, ``_``, ``-``,
+    ``.``, starting with a letter or digit, no ``..``, at most 200 bytes in UTF-8. Path
+    separators, ``..`` and hidden names are refused so an item can never write outside its
+    job's output root.
     """
-    if not isinstance(uid, str) or not _SAFE_UID.match(uid) or ".." in uid:
+    problem = uid_problem(uid)
+    if problem is not None:
         raise UnsafeUidError(
-            f"uid {uid!r} is not a safe path component (allowed: letters, digits, '_', '-', '.', "
-            "no '..', at most 200 characters)"
+            f"uid {uid!r} is not a safe path component ({problem}; allowed: letters, digits, "
+            "'_', '-', '.', no '..', at most 200 bytes)"
         )
     return uid
 

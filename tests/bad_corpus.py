@@ -125,3 +125,34 @@ def big_mesh(faces: int) -> trimesh.Trimesh:
     while 20 * 4**sub < faces:
         sub += 1
     return trimesh.creation.icosphere(subdivisions=sub)
+
+
+NAME_CASES: dict[str, tuple[str, str | None]] = {
+    # kind: (file stem / folder name, expected uid; None = fails as a uid collision)
+    "unicode_cjk": ("椅子", "椅子"),
+    "unicode_accent_decomposed": ("Cafe\u0301_Cup", "Café_Cup"),  # NFD on disk -> NFC uid
+    "space": ("Coffee Mug", "Coffee_Mug"),
+    "long_244": ("L" * 244, None),  # capped: checked by length and suffix instead
+    "collision_space": ("a b", None),
+    "collision_plain": ("a_b", None),
+    "collision_case_upper": ("Chair", None),  # one folder on case-insensitive filesystems
+    "collision_case_lower": ("chair", None),
+}
+"""Object names that must get readable, stable, collision-free uids (``rendering.uids``)."""
+
+
+def write_name_corpus(folder: Path, layout: str = "files") -> dict[str, Path]:
+    """One good object per :data:`NAME_CASES` entry: ``<name>.glb`` files (``layout="files"``,
+    for ``render --input``) or GSO folders ``<name>/meshes/model.obj`` (``layout="gso"``)."""
+    from evaluation.layouts import write_gso_object
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for i, (kind, (name, _)) in enumerate(NAME_CASES.items()):
+        if layout == "files":
+            out[kind] = good_mesh(folder, f"{name}.glb")
+        else:
+            tex = pg.make_texture("checker", i, size=32)
+            mesh = pg.textured(pg.make_shape("box", i), tex)
+            out[kind] = write_gso_object(folder, name, mesh, tex, "Toys")
+    return out

@@ -215,19 +215,22 @@ def test_read_gso_metadata_category_and_fallback(tmp_path: Path) -> None:
     assert (meta["name"], meta["category"]) == ("X", "Bag")
 
 
-def test_path_unsafe_names_are_rejected(tmp_path: Path) -> None:
-    _gso_tree(tmp_path / "gso", ["Fine_Name", "bad name", "-dash"])
-    with pytest.raises(DatasetError, match=r"'bad name'.*'-dash'|'-dash'.*'bad name'"):
-        scan_gso(tmp_path / "gso")
+def test_folder_names_become_path_safe_uids_and_collisions_fail_alone(tmp_path: Path) -> None:
+    _gso_tree(tmp_path / "gso", ["Fine_Name", "bad name", "-dash", "bad_name", "Café"])
+    objs = {o.uid: o for o in scan_gso(tmp_path / "gso")}
+    assert set(objs) == {"Fine_Name", "bad_name", "dash", "Café"}
+    assert objs["dash"].name == "-dash" and objs["dash"].uid_error is None
+    # "bad name" and "bad_name" would share a uid: one object that fails naming both
+    assert "'bad name'" in str(objs["bad_name"].uid_error)
+    assert "'bad_name'" in str(objs["bad_name"].uid_error)
     _omni_tree(tmp_path / "omni", {"toy_train": 1})
     scans = tmp_path / "omni/raw_scans/toy_train"
     (scans / "toy_train_001").rename(scans / "toy train 1")
-    with pytest.raises(DatasetError, match="toy train 1"):
-        scan_omni3d(tmp_path / "omni")
-    for bad in ("a/b", "..", "a..b", "", ".hidden", "x" * 201):
+    assert [o.uid for o in scan_omni3d(tmp_path / "omni")] == ["toy_train_1"]
+    for bad in ("a/b", "..", "a..b", "", ".hidden", "x" * 201, "é" * 101, "Cafe\u0301"):
         with pytest.raises(DatasetError):
             check_uid(bad)
-    assert check_uid("toy_train_001") == "toy_train_001"
+    assert check_uid("toy_train_001") == "toy_train_001" and check_uid("椅子") == "椅子"
 
 
 def test_scan_errors_for_missing_or_empty_roots(tmp_path: Path) -> None:
@@ -406,6 +409,7 @@ def test_evalset_manifest_columns_and_types(tmp_path: Path) -> None:
         "texture_uri",
         "transforms_uri",
         "has_texture",
+        "uid_error",
     ]
     rows = table.to_pylist()
     assert [r["uid"] for r in rows] == ["A_Obj", "B_Obj"]
