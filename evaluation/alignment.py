@@ -12,12 +12,33 @@ the inverse is its transpose. When ``det(M) < 0`` the export mirrored the geomet
 
 Conventions we could *not* determine from public code are deliberately absent (see the module
 notes at ``EXCLUDED_CONVENTIONS``): guessing would make a baseline's Chamfer silently wrong.
+
+**Frames.** An axis convention alone does not put a single-image method's mesh in the ground
+truth's frame: the method reconstructs *relative to the input view*, and the evaluation set
+shows each object from a random azimuth and elevation. Every convention therefore also declares
+its frame (``CONVENTION_FRAMES``):
+
+- ``world``: already in the evaluation set's world frame (the GT itself, the visual hull, which
+  carves with the GT cameras, and meshes a user aligned beforehand).
+- ``gravity``: Z up, gravity-aligned, with the input view at azimuth 0 (on +X); only the input
+  camera's **azimuth** is unknown to the method. InstantMesh: Zero123++ v1.2 generates its six
+  views at *absolute* elevations 20 / -10 and azimuths relative to the input, and the LRM's
+  input cameras (``src/utils/camera_util.py``) are those poses, so the LRM frame is gravity
+  aligned whatever the input's elevation.
+- ``view``: the input camera's own frame: the method places the input camera at a canonical
+  pose (azimuth 0, elevation 0 in our terms), so both the input's azimuth and its **elevation**
+  are relative (TripoSR and LGM: see their entries below).
+
+:func:`input_pose_transform` turns a frame and the evaluation set's input camera into the
+rotation that takes the method's frame into the GT's; :func:`to_evaluation_frame` applies the
+axis convention and then that rotation (the protocol alignment of ``imesh evaluate``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -25,15 +46,27 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from evaluation.geometry import sample_surface, validate_mesh
+from rendering.cameras import Camera, camera_from_spherical
 
 __all__ = [
     "AXIS_CONVENTIONS",
+    "CONVENTION_FRAMES",
     "EXCLUDED_CONVENTIONS",
+    "FRAMES",
+    "Frame",
     "IcpResult",
+    "SearchResult",
     "apply_convention",
     "apply_linear",
+    "convention_frame",
+    "input_pose_transform",
     "refine_icp",
+    "search_alignment",
+    "to_evaluation_frame",
 ]
+
+Frame = Literal["world", "gravity", "view"]
+FRAMES: tuple[Frame, ...] = ("world", "gravity", "view")
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -87,6 +120,9 @@ _LGM_EXPORT = np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=np.float64)
 AXIS_CONVENTIONS: MappingProxyType[str, FloatArray] = MappingProxyType(
     {
         "identity": _inverse_of_export(np.eye(3)),
+        # InstantMesh's LRM output as it leaves the model (this project's `instantmesh`
+        # predictor): our axes, relative to the input view (frame `gravity`).
+        "instantmesh_lrm": _inverse_of_export(np.eye(3)),
         # This project's own .obj/.glb exports (instantmesh.mesh_export, rendering.mesh_io):
         # our Z-up world stored Y up as glTF requires, (x, y, z) -> (x, z, -y).
         "imesh_y_up": _inverse_of_export(_rot90("x", -1)),
@@ -105,6 +141,33 @@ AXIS_CONVENTIONS: MappingProxyType[str, FloatArray] = MappingProxyType(
         "lgm": _inverse_of_export(_LGM_EXPORT),
     }
 )
+
+CONVENTION_FRAMES: MappingProxyType[str, Frame] = MappingProxyType(
+    {
+        # Already in the evaluation set's world (GT, visual hull, meshes aligned by the user).
+        "identity": "world",
+        # The LRM frame (see the module docstring): gravity aligned, azimuth relative to the
+        # input view. `imesh generate` exports that frame stored Y up (instantmesh.mesh_export).
+        "instantmesh_lrm": "gravity",
+        "imesh_y_up": "gravity",
+        "instantmesh": "gravity",
+        "instantmesh_texmap": "gravity",
+        "instantmesh_app_obj": "gravity",
+        "instantmesh_app_glb": "gravity",
+        # TripoSR conditions on the image alone (no camera input: tsr/system.py feeds only the
+        # image tokens to the backbone) with a fixed condition camera (config
+        # `cond_camera_distance` / `cond_fovy_deg`, azimuth 0 and elevation 0 in
+        # get_spherical_cameras' terms): the triplane lives in the input camera's frame.
+        "triposr": "view",
+        "triposr_gradio": "view",
+        # LGM: core/provider_objaverse.py left-multiplies every camera by the inverse of the
+        # first (input) camera's pose, so training targets live in the input camera's frame,
+        # elevation included; at inference the multi-view diffusion assumes the input at
+        # elevation 0.
+        "lgm": "view",
+    }
+)
+"""Convention name -> the frame its meshes are in (see the module docstring)."""
 
 #: Methods the paper compares with whose export frame public code does not determine.
 EXCLUDED_CONVENTIONS: MappingProxyType[str, str] = MappingProxyType(
@@ -150,6 +213,63 @@ def apply_convention(mesh: trimesh.Trimesh, name: str) -> trimesh.Trimesh:
             f"unknown axis convention {name!r}{hint}; known: {sorted(AXIS_CONVENTIONS)}"
         )
     return apply_linear(mesh, AXIS_CONVENTIONS[name])
+
+
+def input_pose_transform(frame: Frame, input_camera: Camera) -> FloatArray:
+    """Rotation (3x3) from a method's ``frame`` into the evaluation set's world, given the
+    input view's camera.
+
+    ``world``: identity. ``gravity``: the rotation about +Z by the input camera's azimuth (the
+    method put the input view at azimuth 0). ``view``: the rotation taking the canonical input
+    camera (azimuth 0, elevation 0, looking at the origin) onto the actual input camera (its
+    azimuth and elevation; the evaluation cameras have no roll).
+    """
+    if frame == "world":
+        return np.eye(3)
+    if frame not in ("gravity", "view"):
+        raise ValueError(f"frame must be one of {FRAMES}, got {frame!r}")
+    elevation = input_camera.elevation_deg if frame == "gravity" else 0.0
+    canonical = camera_from_spherical(
+        0.0, elevation, input_camera.distance, input_camera.fov_deg, 8
+    )
+    actual_rot = np.asarray(input_camera.c2w, dtype=np.float64)[:3, :3]
+    rot = actual_rot @ np.asarray(canonical.c2w, dtype=np.float64)[:3, :3].T
+    if frame == "gravity":  # exactly Rz(azimuth): remove float noise off the z row/column
+        rot[2, :2] = rot[:2, 2] = 0.0
+        rot[2, 2] = 1.0
+    return rot
+
+
+def convention_frame(name: str) -> Frame:
+    """The frame of convention ``name`` (:data:`CONVENTION_FRAMES`)."""
+    if name not in CONVENTION_FRAMES:
+        raise ValueError(f"unknown axis convention {name!r}; known: {sorted(AXIS_CONVENTIONS)}")
+    return CONVENTION_FRAMES[name]
+
+
+def to_evaluation_frame(
+    mesh: trimesh.Trimesh, convention: str, input_camera: Camera | None
+) -> tuple[trimesh.Trimesh, FloatArray]:
+    """The protocol alignment: a predicted mesh in ``convention`` -> the GT's world frame.
+
+    Applies the convention's axis map, then :func:`input_pose_transform` of its frame with the
+    evaluation object's input camera. Returns the mesh and the total 3x3 linear map applied
+    (``world = A @ file``). A ``world``-frame convention needs no camera; the others raise
+    ``ValueError`` without one.
+    """
+    frame = convention_frame(convention)
+    axes = AXIS_CONVENTIONS[convention]
+    if frame == "world":
+        pose = np.eye(3)
+    elif input_camera is None:
+        raise ValueError(
+            f"convention {convention!r} is relative to the input view ({frame} frame): the "
+            "evaluation object's input camera is needed"
+        )
+    else:
+        pose = input_pose_transform(frame, input_camera)
+    total = pose @ axes
+    return apply_linear(mesh, total), total
 
 
 @dataclass(frozen=True)
@@ -227,3 +347,149 @@ def refine_icp(
     transform = np.eye(4)
     transform[:3, :3], transform[:3, 3] = rot, trans
     return IcpResult(transform, apply_linear(pred, transform), err, iterations, converged)
+
+
+# ----------------------------------------------------------------------------------------------
+# Best-aligned metrics (``--align search``): an upper bound on what alignment can explain
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Outcome of :func:`search_alignment`.
+
+    ``transform`` (4x4, a similarity: rotation times uniform scale, plus translation) maps the
+    prediction in the GT's world frame (after the protocol alignment) onto the GT, both
+    normalized into [-1, 1]^3 first (``pred_normalization``, ``gt_normalization``: (centre,
+    scale) of each); ``points`` are the transformed prediction samples and the GT samples, in
+    the GT's normalized frame, ready for :func:`evaluation.geometry.chamfer_fscore`.
+    """
+
+    transform: FloatArray
+    yaw_deg: float
+    """Coarse yaw (about +Z) of the best candidate."""
+    pitch_deg: float
+    """Coarse pitch (about +Y, view-frame methods only; else 0)."""
+    scale: float
+    """Uniform scale of the final similarity between the two normalized meshes (1: the
+    protocol's separate bounding-box normalization was already the best size)."""
+    coarse_chamfer: float
+    pred_points: FloatArray
+    gt_points: FloatArray
+
+
+def _rz(deg: float) -> FloatArray:
+    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def _ry(deg: float) -> FloatArray:
+    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+
+
+def _normalized(
+    points: FloatArray, vertices: FloatArray, faces: npt.NDArray[np.int64]
+) -> tuple[FloatArray, FloatArray, float]:
+    from evaluation.geometry import bbox_normalization
+
+    centre, scale = bbox_normalization(vertices, faces)
+    return (points - centre) * scale, centre, scale
+
+
+def _umeyama(src: FloatArray, dst: FloatArray) -> tuple[FloatArray, float, FloatArray]:
+    """Least-squares similarity ``dst ~ s R src + t`` (proper rotation)."""
+    mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
+    xs, xd = src - mu_s, dst - mu_d
+    h = xs.T @ xd / len(src)
+    u, sig, vt = np.linalg.svd(h)
+    d = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0
+    diag = np.array([1.0, 1.0, d])
+    r = vt.T @ np.diag(diag) @ u.T
+    var = float((xs**2).sum(axis=1).mean())
+    s = float((sig * diag).sum() / var) if var > 0 else 1.0
+    return r, s, mu_d - s * r @ mu_s
+
+
+def search_alignment(
+    pred: trimesh.Trimesh,
+    gt: trimesh.Trimesh,
+    frame: Frame,
+    *,
+    n_points: int = 16000,
+    coarse_points: int = 2000,
+    yaw_step_deg: float = 15.0,
+    pitches_deg: tuple[float, ...] = (-30.0, -15.0, 0.0, 15.0, 30.0),
+    icp_iterations: int = 30,
+    seed: int = 0,
+) -> SearchResult:
+    """Brute-force alignment of a prediction onto the GT, for "best-aligned" metrics.
+
+    Both meshes are sampled (``n_points``, the protocol's seeds) and normalized into [-1, 1]^3
+    separately as the protocol does. Candidates: every yaw (rotation about the world's +Z) on a
+    ``yaw_step_deg`` grid and, for ``view``-frame methods (whose elevation is relative too),
+    every pitch in ``pitches_deg`` (rotation about +Y after the yaw); each candidate's
+    prediction is re-normalized and scored by Chamfer on ``coarse_points`` samples. The best
+    is refined by a similarity ICP (rotation, translation and uniform scale; Umeyama) on the
+    nearest-neighbour pairs in both directions. ``world``-frame predictions search yaw too:
+    a user who wants none of this keeps the default ``--align protocol``.
+    """
+    pv, pf = validate_mesh(pred, "pred")
+    gv, gf = validate_mesh(gt, "gt")
+    p_raw = sample_surface(pv, pf, n_points, np.random.default_rng([seed, 0]))
+    g_raw = sample_surface(gv, gf, n_points, np.random.default_rng([seed, 1]))
+    p_pts, p_centre, p_scale = _normalized(p_raw, pv, pf)
+    g_pts, _, _ = _normalized(g_raw, gv, gf)
+    g_tree = cKDTree(g_pts)
+    sub = np.random.default_rng([seed, 2]).choice(n_points, min(coarse_points, n_points), False)
+    p_sub, g_sub = p_pts[sub], g_pts[sub]
+    g_sub_tree = cKDTree(g_sub)
+    pitches = pitches_deg if frame == "view" else (0.0,)
+    yaws = np.arange(0.0, 360.0, yaw_step_deg)
+
+    def renormalize(points: FloatArray) -> tuple[FloatArray, FloatArray, float]:
+        lo, hi = points.min(axis=0), points.max(axis=0)
+        centre, scale = (lo + hi) / 2.0, 2.0 / float((hi - lo).max())
+        return (points - centre) * scale, centre, scale
+
+    best: tuple[float, float, float] = (np.inf, 0.0, 0.0)
+    for pitch in pitches:
+        for yaw in yaws:
+            rot = _rz(float(yaw)) @ _ry(float(pitch))
+            cand, _, _ = renormalize(p_sub @ rot.T)
+            d_pg, _ = g_sub_tree.query(cand, k=1)
+            d_gp, _ = cKDTree(cand).query(g_sub, k=1)
+            cd = float((d_pg.mean() + d_gp.mean()) / 2.0)
+            if cd < best[0]:
+                best = (cd, float(yaw), float(pitch))
+    coarse_cd, yaw, pitch = best
+    rot0 = _rz(yaw) @ _ry(pitch)
+    # Coarse similarity (rotate about the normalized origin, then re-normalize), as a 4x4 on
+    # the prediction's normalized points.
+    rotated = p_pts @ rot0.T
+    _, c1, s1 = renormalize(rotated)
+    sim = np.eye(4)
+    sim[:3, :3] = s1 * rot0
+    sim[:3, 3] = -s1 * c1
+    cur = p_pts @ sim[:3, :3].T + sim[:3, 3]
+    prev = np.inf
+    for _ in range(icp_iterations):
+        d_pg, i_pg = g_tree.query(cur, k=1)
+        d_gp, i_gp = cKDTree(cur).query(g_pts, k=1)
+        err = float((d_pg.mean() + d_gp.mean()) / 2.0)
+        if prev - err < 1e-7:
+            break
+        prev = err
+        src = np.concatenate([cur, cur[i_gp]])
+        dst = np.concatenate([g_pts[i_pg], g_pts])
+        r, s, t = _umeyama(src, dst)
+        step = np.eye(4)
+        step[:3, :3], step[:3, 3] = s * r, t
+        sim = step @ sim
+        cur = p_pts @ sim[:3, :3].T + sim[:3, 3]
+    # Fold the prediction's own normalization in: world -> GT-normalized frame.
+    norm = np.eye(4)
+    norm[:3, :3] = p_scale * np.eye(3)
+    norm[:3, 3] = -p_scale * p_centre
+    transform = sim @ norm
+    scale = float(np.cbrt(np.linalg.det(sim[:3, :3])))
+    return SearchResult(transform, yaw, pitch, scale, coarse_cd, cur, g_pts)

@@ -2,9 +2,11 @@
 
 Protocol (paper section 4; every open choice is a parameter):
 
-1. The prediction is mapped into our frame with its declared axis convention
-   (``evaluation.alignment.apply_convention``), optionally refined by ICP onto the GT (off by
-   default: the paper protocol).
+1. The prediction arrives in the GT's world frame (``imesh predict`` applied the protocol
+   alignment: its axis convention, then the input camera's pose for methods that reconstruct
+   relative to the input view: ``evaluation.alignment.to_evaluation_frame``), optionally
+   refined by ICP onto the GT (off by default: the paper protocol). ``align="search"`` adds
+   best-aligned geometry metrics beside the protocol ones (never instead).
 2. **2D**: the prediction is normalized into [-1, 1]^3 exactly like the GT was (bounding box
    centred, longest side 2: ``rendering.normalize``) and rendered by the same backend at the GT
    views' cameras (``orbit``, and ``benchmark`` when the object has them), RGBA; both images are
@@ -30,8 +32,8 @@ import numpy as np
 import trimesh
 from PIL import Image
 
-from evaluation.alignment import apply_convention, refine_icp
-from evaluation.geometry import geometry_metrics
+from evaluation.alignment import FRAMES, Frame, refine_icp, search_alignment
+from evaluation.geometry import chamfer_fscore, geometry_metrics, threshold_key
 from evaluation.metrics import image_metrics
 from rendering.backends import prepare_object
 from rendering.cameras import Camera
@@ -49,6 +51,12 @@ class EvalOptions:
     fscore_threshold: float = 0.2
     seed: int = 0
     icp: bool = False
+    align: str = "protocol"
+    """``protocol``: metrics of the prediction as the protocol aligned it. ``search``: also
+    best-aligned geometry metrics (``evaluation.alignment.search_alignment``), reported
+    beside the protocol numbers (``chamfer_aligned``, ``fscore_aligned``, ...), never instead."""
+    frame: str = "world"
+    """The prediction's frame (``prediction.json``): ``view`` also searches the pitch."""
     background: float = 1.0
     device: str | None = None
     """Torch device of the image metrics (None: CUDA when visible, else CPU)."""
@@ -58,7 +66,9 @@ class EvalOptions:
 class ObjectEvaluation:
     views: dict[str, dict[str, np.ndarray]]
     """view set -> {"psnr", "ssim", "lpips"} arrays, one value per view."""
-    geometry: dict[str, float]
+    geometry: dict[str, Any]
+    """``chamfer``, ``fscore@t``, ... and, with ``align="search"``, ``aligned``: the
+    best-aligned ``chamfer``, ``fscore`` and the transform found."""
     renders: dict[str, list[np.ndarray]]
     """view set -> predicted RGBA uint8 images (for reports)."""
 
@@ -77,8 +87,12 @@ def read_rgba(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
 
 
-def to_world(mesh: trimesh.Trimesh, convention: str) -> trimesh.Trimesh:
-    return apply_convention(mesh, convention)
+def convention_frame_name(frame: str) -> Frame:
+    """``frame`` checked against :data:`evaluation.alignment.FRAMES`."""
+    for known in FRAMES:
+        if frame == known:
+            return known
+    raise ValueError(f"unknown frame {frame!r}; expected one of {FRAMES}")
 
 
 def render_mesh(
@@ -124,13 +138,29 @@ def evaluate_object(
         )
         views[vs] = {k: np.asarray(v, dtype=np.float64) for k, v in m.items()}
         renders[vs] = pred_u8
-    geo = geometry_metrics(
+    geo: dict[str, Any] = geometry_metrics(
         pred_world,
         gt,
         n_points=options.n_points,
         thresholds=(options.fscore_threshold,),
         seed=options.seed,
     )
+    if options.align == "search":
+        frame = convention_frame_name(options.frame)
+        found = search_alignment(
+            pred_world, gt, frame, n_points=options.n_points, seed=options.seed
+        )
+        best = chamfer_fscore(found.pred_points, found.gt_points, (options.fscore_threshold,))
+        geo["aligned"] = {
+            "chamfer": best["chamfer"],
+            "fscore": best[threshold_key("fscore", options.fscore_threshold)],
+            "transform": found.transform.reshape(-1).tolist(),
+            "yaw_deg": found.yaw_deg,
+            "pitch_deg": found.pitch_deg,
+            "scale": found.scale,
+        }
+    elif options.align != "protocol":
+        raise ValueError(f"align must be 'protocol' or 'search', got {options.align!r}")
     return ObjectEvaluation(views, geo, renders)
 
 

@@ -372,9 +372,29 @@ class RunInfo:
             raise bad("lpips_available", "true or false")
 
     @property
+    def views_source(self) -> str | None:
+        """Where a view-based predictor's six views came from (``generated`` or
+        ``ground-truth``, from the predict configs), or None when not recorded."""
+        predict = self.config.get("predict")
+        if not isinstance(predict, Mapping):
+            return None
+        sources = {
+            str(c["views"])
+            for c in predict.values()
+            if isinstance(c, Mapping) and c.get("views") is not None
+        }
+        if not sources:
+            return None
+        return "ground-truth" if "ground-truth" in sources else sorted(sources)[0]
+
+    @property
     def label(self) -> str:
-        """``predictor`` or ``predictor/variant``."""
-        return f"{self.predictor}/{self.variant}" if self.variant else self.predictor
+        """``predictor`` or ``predictor/variant``; a run of the LRM on views rendered from the
+        ground truth says so (an upper bound, never the paper's single-image rows)."""
+        name = f"{self.predictor}/{self.variant}" if self.variant else self.predictor
+        if self.predictor == "instantmesh" and self.views_source == "ground-truth":
+            name += ", GT views (upper bound)"
+        return name
 
     @property
     def lpips_usable(self) -> bool:

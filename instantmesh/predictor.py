@@ -1,29 +1,91 @@
-"""The ``instantmesh`` predictor: six views -> LRM triplanes -> mesh (evaluation registry entry).
+"""The ``instantmesh`` predictor: the paper's single-image pipeline on an evaluation object.
 
-Setting (``source="views"``, the paper's sparse-view reconstruction setting): the evaluation
-object's six Zero123++-camera views (``zero123pp/001..006.png``, RGBA) are composited on white,
-resized to the variant's input size (320 px) and fed with the fixed Zero123++ input cameras (``input_cameras``: radius 4,
-FOV 30, azimuths 30..330, elevations 20/-10) to the model; the triplanes are turned into a
-vertex-coloured mesh: marching cubes on the density for NeRF variants
-(``extract_nerf_mesh``), FlexiCubes for mesh variants (``instantmesh.mesh_extraction``).
+``views="generated"`` (default; what the paper's Tables 2-4 score): the evaluation object's
+``input.png`` (RGBA, rendered from the GT at a random input pose) -> the upstream preprocessing
+(alpha present: crop to the foreground, pad it to 85 % of the frame, composite on white; an RGB
+input goes through background removal first) -> Zero123++ v1.2 (``zero123pp`` folder, optional
+white-background ``unet`` weights; EulerAncestral with trailing spacing, ``steps`` 75,
+``guidance`` 4.0) -> the 640 x 960 grid of six views -> LRM -> mesh. The grid is published
+beside the prediction as ``views.png``.
 
-Frames: the model's frame is Z up with its azimuth 0 at the condition view; our evaluation
-views put the six targets at ``condition azimuth + 30 ... 330``. The mesh is therefore rotated
-by the condition view's azimuth about +Z into our world frame (recorded in the prediction info)
-and returned with the ``identity`` convention.
+``views="ground-truth"``: the six Zero123++-camera views rendered from the GT mesh
+(``zero123pp/001..006.png``) replace the diffusion output: reconstruction from perfect views,
+an easier task. Runs of this kind are an ablation (an upper bound for the LRM), labelled as such
+in every table, never the paper's "InstantMesh" rows.
+
+Seeds: one per object, derived from ``(seed, uid)`` (:func:`object_seed`), so an object's views
+do not depend on which worker or in which order it ran. ``prediction.json`` records the view
+source, the seed, the Zero123++ folder's identity (a hash of its config files, plus the UNet
+file's name and size) and the dtype.
+
+Frame: the LRM reconstructs Z up with the input view at azimuth 0 (convention
+``instantmesh_lrm``, frame ``gravity``); the evaluation turns it by the input camera's azimuth
+(``evaluation.alignment.to_evaluation_frame``).
+
+Memory: both models stay resident in one actor (one load per actor). Parameters: LRM large
+378.7M (fp32 ~1.5 GB), base 313.4M; Zero123++ v1.2 is a Stable Diffusion 2 UNet (~866M) +
+VAE (~84M) + CLIP text and vision encoders (~0.35B and ~0.63B for ViT-H), ~1.9B in all: ~3.9 GB
+in float16 (the default on CUDA) or ~7.7 GB in float32. With activations at 640 x 960 and the
+LRM's FlexiCubes extraction, plan ~10-12 GB of GPU memory per actor (not measured here: no
+GPU was available when this was written; the benchmark prints the measured split when run on
+one).
 """
 
 from __future__ import annotations
 
-import json
-import math
-from typing import Any
+import hashlib
+import io
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import trimesh
+from PIL import Image
 
 from evaluation.predictors import Prediction, PredictorError, PredictorInput
+
+ViewsSource = Literal["generated", "ground-truth"]
+VIEWS_SOURCES: tuple[ViewsSource, ...] = ("generated", "ground-truth")
+DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def object_seed(seed: int, uid: str) -> int:
+    """The diffusion seed of object ``uid`` in a run seeded with ``seed`` (31 bits)."""
+    digest = hashlib.sha256(f"{int(seed)}:{uid}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def zero123pp_identity(folder: str | os.PathLike[str], unet: str | None = None) -> dict[str, Any]:
+    """Identity of a Zero123++ diffusers folder: sha256 over its config files (``*.json`` and
+    ``*.txt`` at the top level and one level down, names included), and the UNet weights file's
+    name and size when one replaces the folder's UNet (hashing GBs per actor is not worth it)."""
+    root = Path(folder)
+    h = hashlib.sha256()
+    files = sorted(
+        p
+        for pattern in ("*.json", "*/*.json", "*/*.txt")
+        for p in root.glob(pattern)
+        if p.is_file()
+    )
+    for p in files:
+        h.update(p.relative_to(root).as_posix().encode() + b"\0")
+        h.update(p.read_bytes())
+    out: dict[str, Any] = {"path": str(root), "config_sha256": h.hexdigest(), "files": len(files)}
+    if unet:
+        u = Path(unet)
+        out["unet"] = {"name": u.name, "bytes": u.stat().st_size if u.is_file() else None}
+    return out
+
+
+def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise PredictorError(f"instantmesh: --dtype must be auto or one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
 
 
 class InstantMeshPredictor:
@@ -36,12 +98,31 @@ class InstantMeshPredictor:
         device: str = "auto",
         mc_resolution: int = 256,
         density_threshold: float = 10.0,
+        views: str = "generated",
+        zero123pp: str | None = None,
+        unet: str | None = None,
+        dtype: str = "auto",
+        steps: int = 75,
+        guidance: float = 4.0,
+        seed: int = 0,
+        rembg_model: str | None = None,
     ) -> None:
         if not checkpoint:
             raise PredictorError(
                 "predictor instantmesh needs --checkpoint (an official .ckpt with --variant, or a "
                 "folder written by instantmesh.save_model)"
             )
+        if views not in VIEWS_SOURCES:
+            raise PredictorError(f"instantmesh: --views must be one of {VIEWS_SOURCES}")
+        if views == "generated" and not zero123pp:
+            raise PredictorError(
+                "instantmesh --views generated needs --zero123pp (the Zero123++ v1.2 diffusers "
+                "folder, e.g. a local copy of sudo-ai/zero123plus-v1.2) and usually --unet "
+                "(InstantMesh's white-background UNet, diffusion_pytorch_model.bin); "
+                "--views ground-truth skips diffusion (an ablation, labelled as one)"
+            )
+        if steps < 1:
+            raise PredictorError(f"instantmesh: --steps must be >= 1, got {steps}")
         from instantmesh.checkpoint import load_checkpoint
 
         if device == "auto":
@@ -50,11 +131,84 @@ class InstantMeshPredictor:
         self.model = load_checkpoint(checkpoint, variant, device=self.device).eval()
         self.mc_resolution = int(mc_resolution)
         self.density_threshold = float(density_threshold)
+        self.views: ViewsSource = views  # type: ignore[assignment]
+        self.steps, self.guidance, self.seed = int(steps), float(guidance), int(seed)
+        self.rembg_model = rembg_model
+        self.pipe: Any = None
+        self.dtype: torch.dtype | None = None
+        self.zero123pp: dict[str, Any] | None = None
+        if views == "generated":
+            from instantmesh.zero123pp import Zero123ppWeightsError, from_pretrained
+
+            assert zero123pp is not None
+            self.dtype = _resolve_dtype(dtype, self.device)
+            try:
+                self.pipe = from_pretrained(
+                    zero123pp, torch_dtype=self.dtype, white_background_unet=unet
+                )
+            except (Zero123ppWeightsError, FileNotFoundError) as e:
+                raise PredictorError(f"instantmesh: {e}") from e
+            self.pipe.to(self.device)
+            self.pipe.set_progress_bar_config(disable=True)
+            self.zero123pp = zero123pp_identity(zero123pp, unet)
+
+    def _generated_views(
+        self, item: PredictorInput
+    ) -> tuple[list[np.ndarray], dict[str, Any], Image.Image]:
+        from instantmesh.zero123pp import generate_multiview
+
+        path = item.object_dir / "input.png"
+        if not path.is_file():
+            raise PredictorError(f"{item.uid}: missing input image {path}")
+        with Image.open(path) as im:
+            im.load()
+            image = im.copy()
+        seed = object_seed(self.seed, item.uid)
+        # An input with transparency keeps its alpha (upstream: rembg leaves such images
+        # alone); an opaque input needs background removal first.
+        has_alpha = (
+            image.mode in ("RGBA", "LA") and int(np.asarray(image.getchannel("A")).min()) < 255
+        )
+        try:
+            result = generate_multiview(
+                self.pipe,
+                image,
+                seed=seed,
+                num_inference_steps=self.steps,
+                guidance_scale=self.guidance,
+                remove_background=not has_alpha,
+            )
+        except ValueError as e:
+            raise PredictorError(f"{item.uid}: {e}") from e
+        arrays = [np.asarray(v.convert("RGB"), dtype=np.float32) / 255.0 for v in result.views]
+        info = {
+            "seed": seed,
+            "run_seed": self.seed,
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "input": "alpha kept" if has_alpha else "background removed",
+            "zero123pp": self.zero123pp,
+        }
+        return arrays, info, result.grid
 
     def predict(self, item: PredictorInput) -> Prediction:
         from instantmesh.reconstruct import reconstruct_mesh
+        from instantmesh.zero123pp import merge_grid
 
-        images, _ = item.six_views()
+        t0 = time.perf_counter()
+        info: dict[str, Any] = {"views": self.views, "variant": self.model.cfg.name}
+        if self.views == "generated":
+            images, gen_info, grid = self._generated_views(item)
+            info.update(gen_info)
+        else:
+            images, _ = item.six_views()
+            grid = merge_grid(
+                [Image.fromarray(np.round(im * 255).astype(np.uint8), "RGBA") for im in images]
+            )
+        buf = io.BytesIO()
+        grid.save(buf, format="PNG")
+        t1 = time.perf_counter()
         try:
             cm, _ = reconstruct_mesh(
                 self.model,
@@ -64,20 +218,13 @@ class InstantMeshPredictor:
             )
         except ValueError as e:
             raise PredictorError(f"{item.uid}: {e}") from e
-        azimuth = _condition_azimuth(item)
-        c, s = math.cos(math.radians(azimuth)), math.sin(math.radians(azimuth))
-        rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-        vertices = np.asarray(cm.vertices, dtype=np.float64) @ rot.T
+        t2 = time.perf_counter()
+        info["timings"] = {"diffusion_s": t1 - t0, "lrm_s": t2 - t1}
+        vertices = np.asarray(cm.vertices, dtype=np.float64)
         colors = np.concatenate([cm.vertex_colors, np.full((len(vertices), 1), 255, np.uint8)], 1)
         mesh = trimesh.Trimesh(vertices, cm.faces, vertex_colors=colors, process=False)
-        return Prediction(
-            mesh, "identity", {"variant": self.model.cfg.name, "azimuth_deg": azimuth}
-        )
+        return Prediction(mesh, "instantmesh_lrm", info, files={"views.png": buf.getvalue()})
 
     def close(self) -> None:
         del self.model
-
-
-def _condition_azimuth(item: PredictorInput) -> float:
-    record: dict[str, Any] = json.loads((item.object_dir / "render.json").read_text())
-    return float(record["view_sets"][""]["azimuth_deg"][0])
+        self.pipe = None

@@ -824,7 +824,7 @@ def from_pretrained(
     """
     kwargs: dict[str, Any] = {"local_files_only": local_files_only}
     if torch_dtype is not None:
-        kwargs["torch_dtype"] = torch_dtype
+        kwargs["dtype"] = torch_dtype
     source = os.fspath(path)
     local = Path(source)
     if local.exists() and not (local / "model_index.json").is_file():

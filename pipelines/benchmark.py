@@ -3,8 +3,11 @@ on Ray, then metrics into the run records the reports read.
 
 ``predict`` (stage ``predict-<dataset>``): evaluation-set manifest -> a predictor **actor pool**
 (each actor builds its predictor once in ``Stage.setup``; GPU predictors declare ``num_gpus=1``
-when the cluster has GPUs) -> ``<run>/predictions/<dataset>/<uid>/mesh.glb`` (in our Z-up world
-frame, the predictor's axis convention already applied) + ``prediction.json``.
+when the cluster has GPUs) -> ``<run>/predictions/<dataset>/<uid>/mesh.glb`` in the GT's world
+frame (the protocol alignment: the predictor's axis convention, then the evaluation object's
+input-camera pose for methods that reconstruct relative to the input view; see
+``evaluation.alignment.to_evaluation_frame``) + ``prediction.json`` (convention, frame, the
+3x3 map applied, the predictor's own record) + the predictor's extra files (``views.png``).
 
 ``evaluate`` (stage ``evaluate-<dataset>``): per object, render the prediction at the GT
 views' cameras with a render backend (``cpu`` rasterizer or ``nvdiffrast`` on GPU), image
@@ -73,6 +76,24 @@ class PredictorOptions:
     """instantmesh NeRF variants: marching-cubes grid resolution."""
     density_threshold: float = 10.0
     """instantmesh NeRF variants: density iso-level of the extracted surface."""
+    views: Literal["generated", "ground-truth"] = "generated"
+    """instantmesh: where the six views come from. generated (the paper's task): the object's
+    input.png -> Zero123++ -> six views; ground-truth: the six views rendered from the GT mesh
+    (an ablation: an upper bound for the LRM, labelled 'GT views (upper bound)' in tables)."""
+    zero123pp: str | None = None
+    """instantmesh --views generated: the Zero123++ v1.2 diffusers folder (local; never
+    downloaded)."""
+    unet: str | None = None
+    """instantmesh --views generated: InstantMesh's white-background UNet weights file
+    (diffusion_pytorch_model.bin), loaded strictly into the Zero123++ UNet."""
+    dtype: Literal["auto", "float16", "float32", "bfloat16"] = "auto"
+    """instantmesh: Zero123++ dtype; auto = float16 on CUDA (upstream's), float32 on CPU."""
+    steps: int = 75
+    """instantmesh: diffusion steps (paper: 75)."""
+    guidance: float = 4.0
+    """instantmesh: classifier-free guidance scale (paper: 4.0)."""
+    diffusion_seed: int = 42
+    """instantmesh: run seed; each object's diffusion seed is derived from (this, uid)."""
     gpus_per_worker: float = field(default=1.0, metadata=NO_HASH)
     """GPUs per predictor actor for GPU predictors (when the cluster has GPUs)."""
 
@@ -92,6 +113,11 @@ class MetricOptions:
     """F-Score threshold (normalized units; paper: 0.2)."""
     icp: bool = False
     """Refine the alignment with ICP before metrics (off: the paper protocol)."""
+    align: Literal["protocol", "search"] = "protocol"
+    """protocol: score each prediction where the protocol puts it (its axis convention + the
+    input view's pose). search: also a brute-force yaw (and, for view-space methods, pitch)
+    search + similarity ICP, reported as separate best-aligned Chamfer / F-Score columns
+    (chamfer_aligned, fscore_aligned, align_transform) beside the protocol numbers."""
     seed: int = 0
     """Sampling seed."""
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=NO_HASH)
@@ -209,21 +235,41 @@ def _predictor_setup(cfg: PredictConfig) -> Any:
             "checkpoint": cfg.checkpoint,
             "mc_resolution": cfg.mc_resolution,
             "density_threshold": cfg.density_threshold,
+            "views": cfg.views,
+            "zero123pp": cfg.zero123pp,
+            "unet": cfg.unet,
+            "dtype": cfg.dtype,
+            "steps": cfg.steps,
+            "guidance": cfg.guidance,
+            "seed": cfg.diffusion_seed,
         }
     return make_predictor(cfg.predictor, **options)
 
 
 def predict_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
-    from evaluation.alignment import apply_convention
+    from evaluation.alignment import convention_frame, to_evaluation_frame
 
     cfg: PredictConfig = ctx.config
     assert ctx.scratch_dir is not None
     folder = object_dir(cfg.evalset, ctx.uid)
     item = PredictorInput(ctx.uid, row.get("source") or "", folder)
     prediction = ctx.state.predict(item)
-    world = apply_convention(prediction.mesh, prediction.convention)
+    frame = convention_frame(prediction.convention)
+    input_camera = None if frame == "world" else item.cameras("")[0]
+    world, to_world = to_evaluation_frame(prediction.mesh, prediction.convention, input_camera)
     (ctx.scratch_dir / "mesh.glb").write_bytes(world_mesh_glb_bytes(world))
-    info = {"convention": prediction.convention, "predictor": cfg.predictor, **prediction.info}
+    for name, data in prediction.files.items():
+        (ctx.scratch_dir / name).write_bytes(data)
+    info = {
+        "predictor": cfg.predictor,
+        "convention": prediction.convention,
+        "frame": frame,
+        "to_world": to_world.tolist(),
+        "input_camera": None
+        if input_camera is None
+        else {"azimuth_deg": input_camera.azimuth_deg, "elevation_deg": input_camera.elevation_deg},
+        **prediction.info,
+    }
     (ctx.scratch_dir / "prediction.json").write_text(json.dumps(info, indent=1, default=str))
     return {
         "n_vertices": len(world.vertices),
@@ -309,7 +355,21 @@ EVALUATE_SCHEMA = pa.schema(
         ("fscore", pa.float64()),
         ("precision", pa.float64()),
         ("recall", pa.float64()),
+        ("chamfer_aligned", pa.float64()),
+        ("fscore_aligned", pa.float64()),
+        ("align_transform", pa.list_(pa.float64())),
+        ("align_yaw_deg", pa.float64()),
+        ("align_pitch_deg", pa.float64()),
+        ("align_scale", pa.float64()),
     ]
+)
+ALIGNED_COLUMNS = (
+    "chamfer_aligned",
+    "fscore_aligned",
+    "align_transform",
+    "align_yaw_deg",
+    "align_pitch_deg",
+    "align_scale",
 )
 
 
@@ -340,12 +400,18 @@ def evaluate_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
     if storage.read_marker(pred_url) is None:
         raise PredictionMissing(f"no finished prediction for {ctx.uid} at {pred_url}")
     pred = load_world_mesh(Path(pred_url) / "mesh.glb")
+    frame = "world"
+    if cfg.align == "search":
+        record = json.loads(storage.read_text(storage.join(pred_url, "prediction.json")))
+        frame = str(record.get("frame", "world"))
     options = EvalOptions(
         lpips_net=_lpips_setting(cfg),
         n_points=cfg.n_points,
         fscore_threshold=cfg.fscore_threshold,
         seed=cfg.seed,
         icp=cfg.icp,
+        align=cfg.align,
+        frame=frame,
         device=cfg.device,  # "cpu" or "cuda": resolved by the driver (resolve_metrics_device)
     )
     result = evaluate_object(pred, object_dir(cfg.evalset, ctx.uid), ctx.state, options)
@@ -361,10 +427,17 @@ def evaluate_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
             out[k] += [float(x) for x in metrics[k]]
     t = cfg.fscore_threshold
     geo = result.geometry
+    aligned = geo.get("aligned") or {}
     return {
         **out,
         "chamfer": geo["chamfer"],
         **{k: geo[threshold_key(k, t)] for k in ("fscore", "precision", "recall")},
+        "chamfer_aligned": aligned.get("chamfer"),
+        "fscore_aligned": aligned.get("fscore"),
+        "align_transform": aligned.get("transform"),
+        "align_yaw_deg": aligned.get("yaw_deg"),
+        "align_pitch_deg": aligned.get("pitch_deg"),
+        "align_scale": aligned.get("scale"),
     }
 
 
@@ -532,6 +605,8 @@ def compile_run_records(cfg: EvaluateConfig, dataset: str, report: StageReport) 
                 "precision": r["precision"],
                 "recall": r["recall"],
                 "fscore_threshold": cfg.fscore_threshold,
+                # Best-aligned numbers (--align search) as separate columns, only when computed.
+                **{k: r.get(k) for k in ALIGNED_COLUMNS if r.get("chamfer_aligned") is not None},
             }
         )
     if previous is not None:

@@ -77,13 +77,13 @@ LOWER_BOUNDS: dict[str, tuple[float, bool]] = {
         (
             "size", "render_size", "eval_size", "silhouette_size", "views", "samples",
             "render_samples", "n", "per_category", "n_points", "resolution", "mc_resolution",
-            "shard_size", "max_faces", "max_objects_per_worker",
+            "shard_size", "max_faces", "max_objects_per_worker", "steps",
         ),
         (1, True),
     ),
     **dict.fromkeys(
         ("workers", "threads", "n_positives", "gso_objects", "worst_k", "seed", "min_coverage",
-         "coverage_threshold", "gap_ratio", "min_part_ratio"),
+         "coverage_threshold", "gap_ratio", "min_part_ratio", "diffusion_seed", "guidance"),
         (0, True),
     ),
     **dict.fromkeys(
