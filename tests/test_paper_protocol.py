@@ -235,6 +235,10 @@ def test_ground_truth_views_run_is_labelled_as_an_ablation(
     assert Image.open(run / "predictions" / "gso" / uid / "views.png").size == (96, 144)
     tables = (run / "report" / "tables.md").read_text()
     assert "GT views (upper bound)" in tables
+    html = (run / "report" / "report.html").read_text()
+    # input | the predictor's six views | GT views, for the objects the report shows
+    assert html.count("predictor&#x27;s six views") + html.count("predictor's six views") >= 1
+    assert "image file not found" not in html
 
 
 def test_generated_views_need_a_zero123pp_folder(
