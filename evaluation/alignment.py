@@ -154,10 +154,10 @@ CONVENTION_FRAMES: MappingProxyType[str, Frame] = MappingProxyType(
         "instantmesh_texmap": "gravity",
         "instantmesh_app_obj": "gravity",
         "instantmesh_app_glb": "gravity",
-        # TripoSR conditions on the image alone (no camera input: tsr/system.py feeds only the
-        # image tokens to the backbone) with a fixed condition camera (config
-        # `cond_camera_distance` / `cond_fovy_deg`, azimuth 0 and elevation 0 in
-        # get_spherical_cameras' terms): the triplane lives in the input camera's frame.
+        # TripoSR conditions on the image alone: TSR.forward in tsr/system.py feeds only the
+        # image tokens to the backbone (no camera input), so the triplane's frame is fixed
+        # relative to the input camera; TSR.render's defaults (elevation 0, distance 1.9,
+        # azimuth 0 first in get_spherical_cameras) re-render the input view. View space.
         "triposr": "view",
         "triposr_gradio": "view",
         # LGM: core/provider_objaverse.py left-multiplies every camera by the inverse of the
