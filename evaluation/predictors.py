@@ -10,10 +10,10 @@ care about scale or position.
 Registry (``PREDICTORS``; ``make_predictor(name, **options)``):
 
 - ``oracle``: the GT mesh itself (sanity check: the best possible metrics; used in tests).
-- ``visual-hull``: a weight-free CPU baseline. Space carving of a voxel grid with the six
-  Zero123++-camera views' silhouettes (a voxel survives when every view that sees it has it
-  inside the mask), a light Gaussian smoothing, marching cubes, and vertex colours sampled
-  from the view that faces each vertex best. Real, non-trivial metrics without any weights.
+- ``visual-hull``: a weight-free CPU baseline (``evaluation.visual_hull``): the visual hull
+  of the input view and the six Zero123++ views' silhouettes on a grid bounded by what every view
+  sees, marching cubes, and vertex colours from the view that faces each vertex best. Real,
+  non-trivial metrics without any weights.
 - ``mesh-dir``: meshes produced by other methods (TripoSR, LGM, CRM, ...): ``<dir>/<uid>.<ext>``
   with the method's axis convention declared by option or in ``<dir>/predictor.yaml``
   (``convention: triposr``).
@@ -33,7 +33,7 @@ import yaml
 from PIL import Image
 
 from evaluation.alignment import AXIS_CONVENTIONS
-from rendering.cameras import Camera, project
+from rendering.cameras import Camera
 from rendering.mesh_io import MeshLoadError, load_world_mesh
 
 MESH_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
@@ -121,106 +121,6 @@ class OraclePredictor:
         pass
 
 
-def silhouette_masks(images: list[np.ndarray], white_threshold: float = 0.98) -> list[np.ndarray]:
-    """Foreground masks: alpha >= 0.5 when the images carry alpha, else "not white" (generated
-    multi-view images come on a white background without alpha)."""
-    masks = []
-    for im in images:
-        alpha = im[..., 3]
-        if (alpha < 0.5).any():
-            masks.append(alpha >= 0.5)
-        else:
-            masks.append((im[..., :3] < white_threshold).any(axis=-1))
-    return masks
-
-
-class VisualHullPredictor:
-    """Space carving from six silhouettes + vertex colours (see module docstring)."""
-
-    name = "visual-hull"
-
-    def __init__(
-        self, resolution: int = 64, extent: float = 1.1, smooth_sigma: float = 0.8
-    ) -> None:
-        if resolution < 8:
-            raise ValueError(f"visual-hull resolution must be >= 8, got {resolution}")
-        self.resolution = int(resolution)
-        self.extent = float(extent)
-        self.smooth_sigma = float(smooth_sigma)
-
-    def predict(self, item: PredictorInput) -> Prediction:
-        images, cams = item.six_views()
-        mesh = carve(images, cams, self.resolution, self.extent, self.smooth_sigma, item.uid)
-        return Prediction(mesh, "identity", {"resolution": self.resolution})
-
-    def close(self) -> None:
-        pass
-
-
-def carve(
-    images: list[np.ndarray],
-    cameras: list[Camera],
-    resolution: int = 64,
-    extent: float = 1.1,
-    smooth_sigma: float = 0.8,
-    where: str = "object",
-) -> trimesh.Trimesh:
-    """Visual hull of the silhouettes in ``images`` seen by ``cameras`` as a vertex-coloured mesh
-    in world coordinates. Voxels projecting outside an image are not carved by that view."""
-    from scipy.ndimage import gaussian_filter
-    from skimage.measure import marching_cubes
-
-    masks = silhouette_masks(images)
-    axis = np.linspace(-extent, extent, resolution)
-    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
-    occupied = np.ones(len(grid), dtype=bool)
-    for mask, cam in zip(masks, cameras, strict=True):
-        px, depth = project(grid, cam)
-        col = np.floor(px[:, 0]).astype(np.int64)
-        row = np.floor(px[:, 1]).astype(np.int64)
-        inside = (depth > 0) & (col >= 0) & (col < cam.width) & (row >= 0) & (row < cam.height)
-        keep = np.ones(len(grid), dtype=bool)
-        keep[inside] = mask[row[inside], col[inside]]
-        occupied &= keep
-    volume = occupied.reshape(resolution, resolution, resolution).astype(np.float32)
-    if volume.sum() == 0:
-        raise PredictorError(f"{where}: the silhouettes carve away every voxel (empty masks?)")
-    volume = np.pad(volume, 1)
-    if smooth_sigma > 0:
-        volume = gaussian_filter(volume, smooth_sigma)
-    level = 0.5 if volume.max() > 0.5 else float(volume.max()) / 2.0
-    verts, faces, normals, _ = marching_cubes(volume, level=level)
-    step = axis[1] - axis[0]
-    verts = (verts - 1.0) * step - extent
-    # marching_cubes orients faces by the gradient (towards higher occupancy): flip to outwards.
-    colours = _vertex_colours(verts, -normals, images, masks, cameras)
-    return trimesh.Trimesh(verts, faces[:, ::-1], vertex_colors=colours, process=False)
-
-
-def _vertex_colours(
-    verts: np.ndarray,
-    normals: np.ndarray,
-    images: list[np.ndarray],
-    masks: list[np.ndarray],
-    cameras: list[Camera],
-) -> np.ndarray:
-    best = np.full(len(verts), -np.inf)
-    colour = np.full((len(verts), 3), 0.5)
-    unit = normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
-    for im, mask, cam in zip(images, masks, cameras, strict=True):
-        px, depth = project(verts, cam)
-        col = np.clip(np.floor(px[:, 0]).astype(np.int64), 0, cam.width - 1)
-        row = np.clip(np.floor(px[:, 1]).astype(np.int64), 0, cam.height - 1)
-        to_cam = cam.position[None, :] - verts
-        to_cam /= np.maximum(np.linalg.norm(to_cam, axis=1, keepdims=True), 1e-12)
-        score = (unit * to_cam).sum(axis=1)
-        ok = (depth > 0) & mask[row, col] & (score > best)
-        colour[ok] = im[row[ok], col[ok], :3]
-        best[ok] = score[ok]
-    rgba = np.concatenate([colour, np.ones((len(verts), 1))], axis=1)
-    return np.round(rgba * 255).astype(np.uint8)
-
-
 class MeshDirPredictor:
     """Meshes from another method: ``<root>/<uid>.<ext>`` with a declared axis convention."""
 
@@ -265,7 +165,7 @@ class MeshDirPredictor:
 
 PREDICTORS: dict[str, str] = {
     "oracle": "evaluation.predictors:OraclePredictor",
-    "visual-hull": "evaluation.predictors:VisualHullPredictor",
+    "visual-hull": "evaluation.visual_hull:VisualHullPredictor",
     "mesh-dir": "evaluation.predictors:MeshDirPredictor",
     "instantmesh": "instantmesh.predictor:InstantMeshPredictor",
 }

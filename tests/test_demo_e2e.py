@@ -132,7 +132,10 @@ def test_demo_runs_end_to_end_survives_kills_and_resumes(
     geo = pd.read_parquet(out / "runs" / "oracle" / "metrics" / "geometry_metrics.parquet")
     assert (geo["fscore"] > 0.99).all()
     hull = pd.read_parquet(out / "runs" / "visual-hull" / "metrics" / "geometry_metrics.parquet")
-    assert 0.2 < hull["fscore"].mean() < 0.99
+    # A visual hull of these convex-ish fixtures is close but not the GT (concavities, wedges
+    # of a few viewing directions); the old +-1.1 grid scored F 0.000 on a cylinder and an apple.
+    assert 0.93 < hull["fscore"].mean() < 0.995 and (hull["fscore"] > 0.8).all()
+    assert 0.02 < hull["chamfer"].mean() < 0.06
     # every stage: outputs exactly once, validated, status rows consistent with what was published
     for stage in ("filter-files", "filter-coverage"):
         filt = _check_stage(out / "filter" / stage, None)
