@@ -64,7 +64,7 @@ from trimesh.resolvers import Resolver
 from trimesh.visual.texture import TextureVisuals
 
 from filtering.objaverse_cache import sha256_file
-from rendering.mesh_io import MeshLoadError, scene_to_mesh
+from rendering.mesh_io import MAX_MTL_BYTES, MeshLoadError, scene_to_mesh
 from rendering.uids import MAX_UID_BYTES, uid_collisions, uid_from_name, uid_problem
 
 log = logging.getLogger(__name__)
@@ -237,64 +237,77 @@ def _pb_tokens(text: str) -> list[tuple[str, str]]:
 
 def parse_pbtxt(text: str) -> dict[str, list[Any]]:
     """Parse protobuf text format into ``{field: [values...]}`` (every field may repeat);
-    nested messages become dicts of the same shape, scalars stay strings (no schema)."""
+    nested messages become dicts of the same shape, scalars stay strings (no schema).
+
+    Iterative (an explicit stack of open messages and lists), so nesting depth is bounded by
+    memory, never by Python's recursion limit: a deeply nested file parses or is a
+    :class:`PbtxtError`, never a ``RecursionError``."""
     tokens = _pb_tokens(text)
+    n = len(tokens)
     pos = 0
+    root: dict[str, list[Any]] = {}
+    # Frames: ("msg", fields, closing punct or None for the top level) or
+    # ("list", the field's value list, field name).
+    stack: list[tuple[str, Any, str | None]] = [("msg", root, None)]
 
-    def message(close: str | None) -> dict[str, list[Any]]:
+    def value_into(target: list[Any], name: str, colon: bool) -> None:
+        """Consume one value of field ``name``: a scalar is appended to ``target``; an opening
+        ``{``/``<``/``[`` appends (or targets) a container and pushes its frame."""
         nonlocal pos
-        fields: dict[str, list[Any]] = {}
-        while True:
-            if pos >= len(tokens):
-                if close is not None:
-                    raise PbtxtError(f"missing {close!r}")
-                return fields
-            kind, tok = tokens[pos]
-            if kind == "punct" and tok == close:
-                pos += 1
-                return fields
-            if kind == "punct" and tok in ";,":
-                pos += 1
-                continue
-            if kind != "word":
-                raise PbtxtError(f"expected a field name, got {tok!r}")
-            name = tok
-            pos += 1
-            colon = pos < len(tokens) and tokens[pos] == ("punct", ":")
-            if colon:
-                pos += 1
-            fields.setdefault(name, []).extend(values(name, colon))
-
-    def values(name: str, colon: bool) -> list[Any]:
-        nonlocal pos
-        if pos >= len(tokens):
+        if pos >= n:
             raise PbtxtError(f"field {name!r} has no value")
         kind, tok = tokens[pos]
         if kind == "punct" and tok in "{<":
             pos += 1
-            return [message("}" if tok == "{" else ">")]
+            child: dict[str, list[Any]] = {}
+            target.append(child)
+            stack.append(("msg", child, "}" if tok == "{" else ">"))
+            return
         if kind == "punct" and tok == "[":
             pos += 1
-            items: list[Any] = []
-            while True:
-                if pos >= len(tokens):
-                    raise PbtxtError(f"field {name!r}: missing ']'")
-                kind, tok = tokens[pos]
-                if (kind, tok) == ("punct", "]"):
-                    pos += 1
-                    return items
-                if (kind, tok) == ("punct", ","):
-                    pos += 1
-                    continue
-                items.extend(values(name, True))
+            stack.append(("list", target, name))
+            return
         if not colon:
             raise PbtxtError(f"field {name!r}: expected ':' or '{{'")
         if kind == "punct":
             raise PbtxtError(f"field {name!r}: unexpected {tok!r}")
         pos += 1
-        return [tok]
+        target.append(tok)
 
-    return message(None)
+    while True:
+        frame, container, tag = stack[-1]
+        if frame == "msg":
+            if pos >= n:
+                if tag is not None:
+                    raise PbtxtError(f"missing {tag!r}")
+                return root
+            kind, tok = tokens[pos]
+            if kind == "punct" and tok == tag:
+                pos += 1
+                stack.pop()
+                continue
+            if kind == "punct" and tok in ";,":
+                pos += 1
+                continue
+            if kind != "word":
+                raise PbtxtError(f"expected a field name, got {tok!r}")
+            pos += 1
+            colon = pos < n and tokens[pos] == ("punct", ":")
+            if colon:
+                pos += 1
+            value_into(container.setdefault(tok, []), tok, colon)
+        else:
+            if pos >= n:
+                raise PbtxtError(f"field {tag!r}: missing ']'")
+            kind, tok = tokens[pos]
+            if (kind, tok) == ("punct", "]"):
+                pos += 1
+                stack.pop()
+                continue
+            if (kind, tok) == ("punct", ","):
+                pos += 1
+                continue
+            value_into(container, str(tag), True)
 
 
 def _first_str(fields: dict[str, list[Any]], key: str) -> str | None:
@@ -377,6 +390,8 @@ class SearchPathResolver(Resolver):
         path = self.find(key)
         if path is None:
             raise FileNotFoundError(f"{key!r} not found in {[str(d) for d in self.dirs]}")
+        if path.suffix.lower() == ".mtl" and path.stat().st_size > MAX_MTL_BYTES:
+            raise ValueError(f"material file {path} is over {MAX_MTL_BYTES} bytes (refused)")
         self.found[key] = path
         return path.read_bytes()
 
@@ -435,6 +450,10 @@ def _declared_texture(
         mtl_path = resolver.find(mtl)
         if mtl_path is None:
             notes.append(f"material file {mtl!r} not found")
+            continue
+        size = mtl_path.stat().st_size
+        if size > MAX_MTL_BYTES:
+            notes.append(f"material file {mtl!r} is {size} bytes (limit {MAX_MTL_BYTES}; not read)")
             continue
         declared += _map_kd_names(mtl_path.read_text(encoding="utf-8", errors="replace"))
     if not declared:

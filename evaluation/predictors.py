@@ -133,7 +133,16 @@ class MeshDirPredictor:
         declared = None
         config = self.root / "predictor.yaml"
         if config.is_file():
-            declared = (yaml.safe_load(config.read_text()) or {}).get("convention")
+            try:
+                loaded = yaml.safe_load(config.read_text())
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+                raise PredictorError(f"mesh-dir: {config} is unreadable ({e})") from e
+            if loaded is not None and not isinstance(loaded, dict):
+                raise PredictorError(
+                    f"mesh-dir: {config} must be a mapping such as 'convention: instantmesh', "
+                    f"not a YAML {type(loaded).__name__}"
+                )
+            declared = (loaded or {}).get("convention")
         chosen = convention or declared
         if chosen is None:
             raise PredictorError(

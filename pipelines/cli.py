@@ -460,6 +460,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if os.environ.get("IMESH_DEBUG"):
             traceback.print_exc()
+        from pipelines.storage import storage_fault
+
+        fault = storage_fault(e)  # a full / read-only disk: the machine's fault, named (exit 2)
+        if fault is not None:
+            print(f"imesh {name}: error: {fault}", file=sys.stderr)
+            return 2
         cause = root_cause(e)
         first = (str(cause).strip().splitlines() or [""])[0]
         print(

@@ -11,7 +11,7 @@ from instantmesh.checkpoint import CheckpointError
 from pipelines.configs import ConfigError
 from pipelines.runner import StageLocked
 from pipelines.schema import ManifestError
-from pipelines.storage import UnsafeUidError
+from pipelines.storage import StorageFault, UnsafeUidError
 from rendering.backends.base import BackendUnavailable
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -22,6 +22,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     UnsafeUidError,
     BackendUnavailable,
     StageLocked,
+    StorageFault,
     CheckpointError,
     EvaluationInputError,
     DatasetError,

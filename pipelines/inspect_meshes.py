@@ -20,7 +20,7 @@ from pipelines.fingerprint import row_mesh_inputs
 from pipelines.runner import RunOptions, StageReport, run_stage
 from pipelines.schema import read_manifest
 from pipelines.stage import ItemContext, Stage
-from rendering.mesh_io import mesh_stats
+from rendering.mesh_io import check_regular_file, mesh_stats
 
 
 class ChecksumMismatch(ValueError):
@@ -63,6 +63,7 @@ RESULT_SCHEMA = pa.schema(
 def inspect_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
     path, temporary = storage.local_path(row["mesh_uri"])
     try:
+        check_regular_file(path)  # a FIFO or /dev/zero would block or never end the hashing
         if ctx.config.verify_sha256 and row.get("sha256"):
             actual = sha256_file(path)
             if actual != row["sha256"]:

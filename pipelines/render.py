@@ -39,6 +39,7 @@ from rendering.backends import (
     unavailable_reason,
 )
 from rendering.backends.base import DEFAULT_MAX_FACES
+from rendering.mesh_io import check_regular_file
 from rendering.normalize import Y_UP_SUFFIXES, Z_UP_SUFFIXES
 from rendering.output_layouts import (
     LAYOUT_DIRS,
@@ -166,6 +167,7 @@ def render_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
         raise ConfigError(f"{row['mesh_uri']}: symlink resolves outside the input folder (refused)")
     path, temporary = storage.local_path(row["mesh_uri"])
     try:
+        check_regular_file(path)  # only regular files are read (a FIFO would block)
         if path.suffix.lower() in NATIVE_ONLY_SUFFIXES:
             prepare_native = getattr(ctx.state, "prepare_native", None)
             if prepare_native is None:
@@ -255,8 +257,10 @@ def manifest_from_input(input_path: str) -> pa.Table:
     p = Path(input_path)
     if p.is_dir():
         wanted = MESH_SUFFIXES + REFUSED_SUFFIXES
-        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in wanted and f.is_file())
-    elif p.is_file():
+        # Every entry named like a mesh is listed, whatever it is: a FIFO, a device (link) or a
+        # directory named *.glb becomes a failed row saying so instead of vanishing silently.
+        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in wanted)
+    elif p.exists():
         files = [p]
     else:
         raise ConfigError(f"--input {input_path}: no such file or directory")

@@ -35,6 +35,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -72,6 +73,10 @@ class RunOptions:
     """Draw a progress bar on stderr."""
     scratch_dir: str | None = None
     """Local scratch directory for per-item files before publishing (default: system temp)."""
+    item_timeout_s: float = 1800.0
+    """Per-item time limit in seconds (0 = none): an item with no result by then becomes a
+    failed `ItemTimeout` row and the job goes on. Keep it above a stage's own limits (render
+    --timeout-s, which kills and respawns the Blender worker cleanly)."""
 
 
 @dataclasses.dataclass
@@ -127,16 +132,25 @@ class ShardWorker:
     """Processes shards of manifest rows for one stage; one instance per Ray actor."""
 
     def __init__(
-        self, stage: Stage, config: Any, out: str, run_id: str, scratch_dir: str | None
+        self,
+        stage: Stage,
+        config: Any,
+        out: str,
+        run_id: str,
+        scratch_dir: str | None,
+        item_timeout_s: float = 0.0,
     ) -> None:
         self.stage = stage
         self.config = config
         self.out = out
         self.run_id = run_id
         self.scratch_root = scratch_dir
+        self.item_timeout_s = float(item_timeout_s or 0.0)
         self.config_hash = config_hash(config)
         self.schema = _result_schema_with_status(stage)
         self.state = stage.setup(config) if stage.setup is not None else None
+        self.abandoned = 0
+        """Items whose thread outlived the item timeout (still running or blocked)."""
 
     def __del__(self) -> None:
         close = getattr(self.state, "close", None)
@@ -144,15 +158,26 @@ class ShardWorker:
             close()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        shard_ids, n_ok, n_failed, n_skipped, parts = [], [], [], [], []
+        shard_ids, n_ok, n_failed, n_skipped, parts, faults = [], [], [], [], [], []
         for shard_id, payload in zip(batch["shard"], batch["payload"], strict=True):
-            rows = [self.process_item(item, attempt) for item, attempt in pickle.loads(payload)]
-            part = storage.join(
-                stage_dir(self.out, self.stage),
-                "parts",
-                f"part-{self.run_id}-{shard_id:06d}.parquet",
-            )
-            write_parquet(pa.Table.from_pylist(rows, schema=self.schema), part)
+            try:
+                rows = [self.process_item(item, attempt) for item, attempt in pickle.loads(payload)]
+                part = storage.join(
+                    stage_dir(self.out, self.stage),
+                    "parts",
+                    f"part-{self.run_id}-{shard_id:06d}.parquet",
+                )
+                write_parquet(pa.Table.from_pylist(rows, schema=self.schema), part)
+            except Exception as e:
+                # A full / read-only disk: returned as data, since Ray's exception wrapping
+                # loses the cause across processes; the driver stops the job naming it.
+                fault = storage.storage_fault(e)
+                if fault is None:
+                    raise
+                rows, part = [], ""
+                faults.append(str(fault))
+            else:
+                faults.append("")
             statuses = collections.Counter(r["status"] for r in rows)
             shard_ids.append(int(shard_id))
             n_ok.append(statuses["ok"])
@@ -165,10 +190,85 @@ class ShardWorker:
             "failed": np.array(n_failed, dtype=np.int64),
             "skipped": np.array(n_skipped, dtype=np.int64),
             "part": np.array(parts, dtype=object),
+            "fault": np.array(faults, dtype=object),
         }
 
     def process_item(self, item: dict[str, Any], attempt: int) -> dict[str, Any]:
+        """One item's status (+ result) row, within the per-item timeout.
+
+        A Python thread cannot be killed, so the watchdog is here, in the actor: the item runs
+        in its own daemon thread and the actor waits at most ``item_timeout_s``. On timeout the
+        item is a failed ``ItemTimeout`` row, its thread is abandoned (flagged so that it never
+        publishes; its scratch folder is removed) and the stage state (``Stage.setup``) is
+        rebuilt, so no later item shares a backend with the stuck one; the job goes on.
+        Stages with a child process (the Blender worker) enforce their own, tighter timeout by
+        killing that process."""
         t0 = time.perf_counter()
+        if not self.item_timeout_s:
+            return self._process_item(item, attempt, t0, threading.Event(), {})
+        cancelled = threading.Event()
+        shared: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                shared["row"] = self._process_item(item, attempt, t0, cancelled, shared)
+            except BaseException as e:  # re-raised in the actor's thread below
+                shared["error"] = e
+
+        thread = threading.Thread(target=target, name=f"imesh-item-{item.get('uid')}", daemon=True)
+        thread.start()
+        thread.join(self.item_timeout_s)
+        if thread.is_alive():
+            return self._timed_out(item, attempt, t0, cancelled, shared)
+        if "error" in shared:
+            raise shared["error"]
+        row: dict[str, Any] = shared["row"]
+        return row
+
+    def _timed_out(
+        self,
+        item: dict[str, Any],
+        attempt: int,
+        t0: float,
+        cancelled: threading.Event,
+        shared: dict[str, Any],
+    ) -> dict[str, Any]:
+        cancelled.set()
+        self.abandoned += 1
+        scratch = shared.get("scratch")
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        if self.stage.setup is not None:  # the stuck thread may still hold the old state
+            old, self.state = self.state, self.stage.setup(self.config)
+            close = getattr(old, "close", None)
+            if callable(close):
+                threading.Thread(target=close, daemon=True).start()
+        uid = str(item.get("uid"))
+        row = {
+            "uid": uid,
+            "stage": self.stage.name,
+            "attempt": attempt,
+            "config_hash": item_hash(self.stage, self.config_hash, item, self.config),
+            "run_id": self.run_id,
+            "status": "failed",
+            "error_type": "ItemTimeout",
+            "error": (
+                f"{uid}: no result after {self.item_timeout_s:g} s (--run.item-timeout-s); "
+                "abandoned (its thread cannot be killed and never publishes) and the worker's "
+                f"stage state rebuilt; {self.abandoned} item(s) abandoned in this worker"
+            ),
+            "output_uri": None,
+        }
+        return self._finish(row, t0)
+
+    def _process_item(
+        self,
+        item: dict[str, Any],
+        attempt: int,
+        t0: float,
+        cancelled: threading.Event,
+        shared: dict[str, Any],
+    ) -> dict[str, Any]:
         uid = str(item.get("uid"))
         ihash = item_hash(self.stage, self.config_hash, item, self.config)
         row: dict[str, Any] = {
@@ -192,7 +292,10 @@ class ShardWorker:
                     row.update(status="ok", output_uri=item_url, seconds=marker.get("seconds"))
                     row.update(marker.get("result", {}))
                     return self._finish(row, t0, keep_seconds=True)
-                scratch = Path(tempfile.mkdtemp(prefix=f"imesh-{uid}-", dir=self.scratch_root))
+                scratch = Path(
+                    tempfile.mkdtemp(prefix=f"imesh-{self.run_id}-{uid}-", dir=self.scratch_root)
+                )
+                shared["scratch"] = scratch
             ctx = ItemContext(uid, attempt, self.config, self.state, scratch)
             result = self.stage.process(item, ctx)
             self._check_result(result)
@@ -200,6 +303,8 @@ class ShardWorker:
                 if self.stage.validate is not None:
                     self.stage.validate(scratch, result)
                 seconds = time.perf_counter() - t0
+                if cancelled.is_set():
+                    raise TimeoutError(f"{uid}: finished after its item timeout; not published")
                 storage.publish_dir(
                     scratch,
                     item_url,
@@ -219,6 +324,9 @@ class ShardWorker:
         except SkipItem as e:
             row.update(status="skipped", error_type="SkipItem", error=str(e)[:MAX_ERROR_CHARS])
         except Exception as e:
+            fault = storage.storage_fault(e)
+            if fault is not None:  # the machine's fault, not the item's: stop the job
+                raise fault from e
             row.update(status="failed", error_type=type(e).__name__, error=_error_text(e))
         finally:
             if scratch is not None:
@@ -245,14 +353,19 @@ class ShardWorker:
 
 
 def _bound_worker(
-    stage: Stage, config: Any, out: str, run_id: str, scratch_dir: str | None
+    stage: Stage,
+    config: Any,
+    out: str,
+    run_id: str,
+    scratch_dir: str | None,
+    item_timeout_s: float = 0.0,
 ) -> type[ShardWorker]:
     """A ShardWorker subclass with its arguments bound (shipped with the class definition,
     so actor restarts never depend on constructor arguments held in the object store)."""
 
     class BoundShardWorker(ShardWorker):
         def __init__(self) -> None:
-            super().__init__(stage, config, out, run_id, scratch_dir)
+            super().__init__(stage, config, out, run_id, scratch_dir, item_timeout_s)
 
     return BoundShardWorker
 
@@ -378,17 +491,47 @@ def run_stage(
 
     options = options or RunOptions()
     sdir = stage_dir(out, stage)
-    storage.makedirs(storage.join(sdir, "parts"))
-    with stage_lock(sdir):
-        return _run_stage_locked(stage, config, manifest, out, options, sdir)
+    try:
+        storage.makedirs(storage.join(sdir, "parts"))
+        with stage_lock(sdir):
+            return _run_stage_locked(stage, config, manifest, out, options, sdir)
+    except storage.StorageFault:
+        raise
+    except Exception as e:
+        # A full / read-only output root is named as such (exit 2), however deep Ray wrapped it.
+        fault = storage.storage_fault(e, sdir)
+        if fault is None:
+            raise
+        raise fault from e
+
+
+def _clean_run_leftovers(
+    stage: Stage, out: str, run_id: str, uids: Iterable[str], scratch_dir: str | None
+) -> None:
+    """Remove what an aborted or finished run may leave: this run's local scratch folders and
+    staging copies of its items (``<item_output>/.staging/<uid>.<hex>``; we hold the lock)."""
+    root = Path(scratch_dir or tempfile.gettempdir())
+    for leftover in root.glob(f"imesh-{run_id}-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    if stage.item_output is None:
+        return
+    staging = storage.join(out, stage.item_output, storage.STAGING_DIR)
+    if not storage.exists(staging):
+        return
+    fs, path = storage.filesystem(staging)
+    wanted = set(uids)
+    for name in fs.ls(path, detail=False):
+        base = name.rstrip("/").rsplit("/", 1)[-1]
+        if base.rsplit(".", 1)[0] in wanted:
+            fs.rm(name, recursive=True)
+    with contextlib.suppress(OSError):
+        if not fs.ls(path, detail=False):
+            fs.rmdir(path)
 
 
 def _run_stage_locked(
     stage: Stage, config: Any, manifest: pa.Table, out: str, options: RunOptions, sdir: str
 ) -> StageReport:
-    import ray
-    import ray.data
-
     t0 = time.perf_counter()
     manifest = validate_manifest(manifest)
     write_resolved_config(config, storage.join(sdir, "config.yaml"))
@@ -413,6 +556,36 @@ def _run_stage_locked(
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     shards = list(_shards(todo, max(1, options.shard_size)))
     returned: set[int] = set()
+    todo_uids = [row["uid"] for row, _ in todo]
+    try:
+        _map_shards(stage, config, out, options, run_id, shards, len(todo), returned)
+    except BaseException as e:
+        _clean_run_leftovers(stage, out, run_id, todo_uids, options.scratch_dir)
+        fault = storage.storage_fault(e, storage.join(out, stage.item_output or stage.name))
+        if fault is not None and fault is not e:
+            raise fault from e
+        raise
+    _clean_run_leftovers(stage, out, run_id, todo_uids, options.scratch_dir)
+    lost = [s for i, s in enumerate(shards) if i not in returned]
+    if lost:
+        _write_lost_rows(stage, chash, out, run_id, lost)
+    return compile_stage(stage, manifest, out, skipped_done=len(done), processed=len(todo), t0=t0)
+
+
+def _map_shards(
+    stage: Stage,
+    config: Any,
+    out: str,
+    options: RunOptions,
+    run_id: str,
+    shards: list[list[Any]],
+    n_items: int,
+    returned: set[int],
+) -> None:
+    """Run the shards on a Ray Data actor pool; ``returned`` collects the finished shard ids."""
+    import ray
+    import ray.data
+
     if shards:
         ds = ray.data.from_items(
             [{"shard": i, "payload": pickle.dumps(s)} for i, s in enumerate(shards)],
@@ -420,7 +593,7 @@ def _run_stage_locked(
         )
         workers = min(_workers_for(stage, options.workers), len(shards))
         mapped = ds.map_batches(
-            _bound_worker(stage, config, out, run_id, options.scratch_dir),
+            _bound_worker(stage, config, out, run_id, options.scratch_dir, options.item_timeout_s),
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=stage.num_cpus,
@@ -429,7 +602,7 @@ def _run_stage_locked(
         from tqdm import tqdm
 
         with tqdm(
-            total=len(todo),
+            total=n_items,
             desc=stage.name,
             unit="obj",
             disable=not options.progress,
@@ -438,14 +611,12 @@ def _run_stage_locked(
         ) as bar:
             n_failed = 0
             for summary in mapped.iter_rows():
+                if summary["fault"]:
+                    raise storage.StorageFault(str(summary["fault"]))
                 returned.add(int(summary["shard"]))
                 n_failed += int(summary["failed"])
                 bar.update(int(summary["ok"] + summary["failed"] + summary["skipped"]))
                 bar.set_postfix(failed=n_failed, refresh=False)
-    lost = [s for i, s in enumerate(shards) if i not in returned]
-    if lost:
-        _write_lost_rows(stage, chash, out, run_id, lost)
-    return compile_stage(stage, manifest, out, skipped_done=len(done), processed=len(todo), t0=t0)
 
 
 def _write_lost_rows(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,38 @@ class MeshLoadError(ValueError):
     """A mesh file that cannot be used; the message names the file and the cause."""
 
 
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def check_regular_file(path: str | os.PathLike[str]) -> int:
+    """The size of ``path`` if it is (a symlink to) a regular file, else ``MeshLoadError``.
+
+    Only regular files are ever read: a FIFO blocks its reader forever, ``/dev/zero`` never
+    ends, a directory named ``x.glb`` is not a mesh. Call this before hashing or opening."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise MeshLoadError(f"{path}: file not found") from None
+    except OSError as e:
+        raise MeshLoadError(f"{path}: cannot stat ({e.strerror or e})") from e
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _NOT_REGULAR if test(st.st_mode)), "not a file")
+        raise MeshLoadError(f"{path}: not a regular file ({kind}; only regular files are read)")
+    return st.st_size
+
+
 def check_mesh_file(path: str | os.PathLike[str]) -> None:
-    """Cheap container checks before anything reads the file: it exists, is not empty and, for
-    GLB, its header is consistent (magic, version, length = file size). ``MeshLoadError``."""
+    """Cheap container checks before anything reads the file: it is a regular file (never a
+    FIFO, device or directory), is not empty and, for GLB, its header is consistent (magic,
+    version, length = file size). ``MeshLoadError``."""
     path = Path(path)
-    if not path.is_file():
-        raise MeshLoadError(f"{path}: file not found")
-    size = path.stat().st_size
+    size = check_regular_file(path)
     if size == 0:
         raise MeshLoadError(f"{path}: empty file")
     if path.suffix.lower() == ".glb":
@@ -47,6 +73,10 @@ def check_mesh_file(path: str | os.PathLike[str]) -> None:
 def load_scene(path: str | os.PathLike[str]) -> trimesh.Scene:
     path = Path(path)
     check_mesh_file(path)
+    if path.suffix.lower() == ".obj":
+        refused = [msg for _, msg in _obj_material_files(path) if msg and "missing" not in msg]
+        if refused:
+            raise MeshLoadError(f"{path}: {'; '.join(refused)}")
     try:
         scene = trimesh.load(str(path), force="scene", process=False)
     except Exception as e:  # trimesh raises many exception types for malformed input
@@ -80,23 +110,126 @@ class MeshTooLarge(MeshLoadError):
     """A mesh whose declared face count exceeds the configured limit (checked before loading)."""
 
 
+MAX_GLTF_JSON_BYTES = 128 << 20
+"""Largest glTF JSON (a ``.gltf`` file or a GLB's JSON chunk) that is parsed to count faces;
+a larger one is refused (``MeshTooLarge``), whatever it starts with."""
+MAX_TEXT_MESH_BYTES = 2 << 30
+"""Largest text mesh (OBJ, ASCII STL/PLY/OFF) whose faces are counted by streaming it before
+loading; a larger one is refused (``MeshTooLarge``) when a face limit is set."""
+MAX_MESH_HEADER_BYTES = 1 << 16
+"""PLY / OFF headers longer than this are refused as unparsable (real ones are < 1 KiB)."""
+
+
+def _text_mesh_size(p: Path) -> int:
+    size = p.stat().st_size
+    if size > MAX_TEXT_MESH_BYTES:
+        raise MeshTooLarge(
+            f"{p}: {size} bytes of text mesh exceed the {MAX_TEXT_MESH_BYTES} bytes whose faces "
+            "are counted before loading (refused)"
+        )
+    return size
+
+
+def _glb_json_doc(p: Path) -> Any:
+    """The JSON of a GLB, read by its declared chunk length (no fixed prefix: leading
+    whitespace of any length is still parsed), capped at ``MAX_GLTF_JSON_BYTES``."""
+    import json
+    import struct
+
+    with open(p, "rb") as fh:
+        head = fh.read(20)
+        if len(head) < 20 or head[:4] != b"glTF":
+            return None
+        json_len, json_type = struct.unpack_from("<II", head, 12)
+        if json_type != 0x4E4F534A:
+            return None
+        if json_len > MAX_GLTF_JSON_BYTES:
+            raise MeshTooLarge(
+                f"{p}: GLB JSON chunk of {json_len} bytes exceeds {MAX_GLTF_JSON_BYTES} (refused)"
+            )
+        return json.loads(fh.read(json_len))
+
+
+def _ply_faces(p: Path) -> int | None:
+    with open(p, "rb") as fh:
+        head = fh.read(MAX_MESH_HEADER_BYTES)
+    if not head.startswith(b"ply"):
+        return None
+    end = head.find(b"end_header")
+    if end < 0:
+        raise MeshLoadError(
+            f"{p}: cannot parse (PLY header without end_header in its first "
+            f"{MAX_MESH_HEADER_BYTES} bytes)"
+        )
+    for line in head[:end].splitlines():
+        tokens = line.split()
+        if len(tokens) == 3 and tokens[0] == b"element" and tokens[1] == b"face":
+            return int(tokens[2])
+    return 0
+
+
+def _stl_faces(p: Path) -> int:
+    import struct
+
+    size = p.stat().st_size
+    with open(p, "rb") as fh:
+        head = fh.read(84)
+    if len(head) == 84:
+        (n,) = struct.unpack_from("<I", head, 80)
+        if size == 84 + 50 * n or not head.lstrip().startswith(b"solid"):
+            return int(n)  # binary STL: the count field (the loader checks the size)
+    _text_mesh_size(p)
+    total = 0
+    with open(p, "rb") as fh:
+        for line in fh:
+            if line.lstrip().startswith(b"facet"):
+                total += 1
+    return total
+
+
+def _off_faces(p: Path) -> int | None:
+    with open(p, "rb") as fh:
+        head = fh.read(MAX_MESH_HEADER_BYTES)
+    lines = [ln.split(b"#", 1)[0].split() for ln in head.splitlines()]
+    tokens = [t for ln in lines for t in ln]
+    if not tokens or not tokens[0].endswith(b"OFF"):
+        return None
+    if len(tokens) < 3:
+        raise MeshLoadError(f"{p}: cannot parse (OFF header without vertex/face counts)")
+    return int(tokens[2])
+
+
 def declared_face_count(path: str | os.PathLike[str]) -> int | None:
-    """Triangles a mesh file declares, read cheaply **before** loading it: GLB/glTF from the
-    index accessors' counts in the JSON, OBJ by counting ``f`` lines (each n-gon counts n - 2),
-    streaming. ``None`` for other formats or when the file cannot be read this way."""
+    """Faces a mesh file declares, read cheaply **before** loading it, for every format our
+    loaders read: GLB/glTF from the index accessors' counts in the JSON (parsed whole, capped
+    at ``MAX_GLTF_JSON_BYTES``), OBJ by streaming ``f`` lines (each n-gon counts n - 2), PLY
+    and OFF from their headers, binary STL from its count field, ASCII STL by streaming
+    ``facet`` lines (text formats capped at ``MAX_TEXT_MESH_BYTES``). ``MeshTooLarge`` when a
+    cap is exceeded; ``None`` for formats only Blender reads (FBX) or when a file is too
+    malformed to count (its loader then reports it)."""
     import json
 
     p = Path(path)
     suffix = p.suffix.lower()
     try:
+        if suffix == ".ply":
+            return _ply_faces(p)
+        if suffix == ".stl":
+            return _stl_faces(p)
+        if suffix == ".off":
+            return _off_faces(p)
         if suffix in (".glb", ".gltf"):
             if suffix == ".glb":
-                parsed = _glb_json(p.read_bytes()[: 1 << 26])
-                if parsed is None:
+                doc = _glb_json_doc(p)
+                if doc is None:
                     return None
-                doc = parsed[0]
             else:
-                doc = json.loads(p.read_text())
+                size = p.stat().st_size
+                if size > MAX_GLTF_JSON_BYTES:
+                    raise MeshTooLarge(
+                        f"{p}: glTF JSON of {size} bytes exceeds {MAX_GLTF_JSON_BYTES} (refused)"
+                    )
+                doc = json.loads(p.read_bytes())
             accessors = doc.get("accessors", [])
             total = 0
             for mesh in doc.get("meshes", []):
@@ -109,13 +242,16 @@ def declared_face_count(path: str | os.PathLike[str]) -> int | None:
                         total += int(accessors[prim["attributes"]["POSITION"]]["count"]) // 3
             return total
         if suffix == ".obj":
+            _text_mesh_size(p)
             total = 0
             with open(p, "rb") as fh:
                 for line in fh:
                     if line.startswith(b"f "):
                         total += max(len(line.split()) - 3, 0)
             return total
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
+    except MeshLoadError:
+        raise
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
         return None
     return None
 
@@ -244,8 +380,25 @@ def world_mesh_glb_bytes(mesh: trimesh.Trimesh) -> bytes:
 _MTL_MAPS = ("map_kd", "map_ka", "map_ks", "map_bump", "bump", "map_d", "norm", "map_pr")
 
 MAX_TEXTURE_PIXELS = 16384 * 16384
-"""Largest texture (in pixels) a renderer accepts; larger ones (or decompression bombs whose
-header claims more) are refused with a clear error instead of exhausting memory."""
+"""Largest texture (in pixels) any texture reader accepts; larger ones (or decompression bombs
+whose header claims more) are refused with a clear error instead of exhausting memory. The one
+place this limit lives: :func:`set_texture_pixel_limit` makes it PIL's limit too."""
+MAX_MTL_BYTES = 16 << 20
+"""Largest OBJ material file (``mtllib``) that is read; real ones are a few KiB."""
+
+
+def set_texture_pixel_limit() -> None:
+    """Make :data:`MAX_TEXTURE_PIXELS` PIL's ``Image.MAX_IMAGE_PIXELS`` (PIL's default, ~89.5
+    Mpx, would refuse a legitimate 10000^2 texture). The guard stays on: PIL warns above the
+    limit (turned into a refusal where we check images) and raises ``DecompressionBombError``
+    above twice it, in every loader (trimesh's too). Called when this module is imported, and
+    by every module that opens textures."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = MAX_TEXTURE_PIXELS
+
+
+set_texture_pixel_limit()
 
 
 def _image_problem(name: str, data: bytes | None, path: Path | None, max_pixels: int) -> str | None:
@@ -254,6 +407,7 @@ def _image_problem(name: str, data: bytes | None, path: Path | None, max_pixels:
 
     from PIL import Image
 
+    set_texture_pixel_limit()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -289,6 +443,41 @@ def _glb_json(data: bytes) -> tuple[dict[str, Any], bytes] | None:
     return doc, binary
 
 
+def _obj_material_files(obj: Path) -> list[tuple[Path, str | None]]:
+    """``(material file, problem or None)`` for each ``mtllib`` of an OBJ (streamed, never read
+    whole). A material file must be a regular file inside the OBJ's folder (as texture paths
+    must) and at most ``MAX_MTL_BYTES``; otherwise the problem says why and it is not read."""
+    out: list[tuple[Path, str | None]] = []
+    folder = obj.parent.resolve()
+    with open(obj, "rb") as fh:
+        for raw in fh:
+            if not raw.lstrip().startswith(b"mtllib"):
+                continue
+            parts = raw.decode("utf-8", errors="replace").strip().split(None, 1)
+            if len(parts) != 2 or parts[0] != "mtllib":
+                continue
+            mtl = obj.parent / parts[1].strip()
+            if not mtl.resolve().is_relative_to(folder):
+                out.append(
+                    (mtl, f"material file {mtl} resolves outside the mesh's folder (refused)")
+                )
+                continue
+            try:
+                st = os.stat(mtl)
+            except OSError:
+                out.append((mtl, f"missing material file {mtl}"))
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                out.append((mtl, f"material file {mtl} is not a regular file (refused)"))
+            elif st.st_size > MAX_MTL_BYTES:
+                out.append(
+                    (mtl, f"material file {mtl} is {st.st_size} bytes (limit {MAX_MTL_BYTES})")
+                )
+            else:
+                out.append((mtl, None))
+    return out
+
+
 def texture_problems(
     path: str | os.PathLike[str], max_pixels: int = MAX_TEXTURE_PIXELS
 ) -> list[str]:
@@ -318,17 +507,16 @@ def texture_problems(
                 problems.append(issue)
 
     if suffix == ".obj":
-        for line in p.read_text(errors="replace").splitlines():
-            parts = line.strip().split(None, 1)
-            if len(parts) == 2 and parts[0] == "mtllib":
-                mtl = p.parent / parts[1].strip()
-                if not mtl.is_file():
-                    problems.append(f"missing material file {mtl}")
-                    continue
-                for mline in mtl.read_text(errors="replace").splitlines():
-                    tokens = mline.strip().split()
-                    if tokens and tokens[0].lower() in _MTL_MAPS and len(tokens) > 1:
-                        check_file(mtl.parent / tokens[-1])
+        for mtl, problem in _obj_material_files(p):
+            if problem is not None:
+                problems.append(problem)
+                continue
+            with open(mtl, "rb") as fh:
+                mtl_text = fh.read(MAX_MTL_BYTES).decode("utf-8", errors="replace")
+            for mline in mtl_text.splitlines():
+                tokens = mline.strip().split()
+                if tokens and tokens[0].lower() in _MTL_MAPS and len(tokens) > 1:
+                    check_file(mtl.parent / tokens[-1])
     elif suffix in (".gltf", ".glb"):
         try:
             if suffix == ".gltf":

@@ -156,3 +156,81 @@ def write_name_corpus(folder: Path, layout: str = "files") -> dict[str, Path]:
             mesh = pg.textured(pg.make_shape("box", i), tex)
             out[kind] = write_gso_object(folder, name, mesh, tex, "Toys")
     return out
+
+
+# --- limits and faults of the machine (issue 16 parts 3 and 4) ---------------------------------
+
+
+def write_special_files(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Entries named like meshes that are not regular files: a FIFO (a reader blocks forever),
+    a directory named ``*.glb`` and a symlink to ``/dev/zero`` (never ends). ``{kind: (path,
+    cause)}`` as :func:`write_mesh_corpus`."""
+    import os
+
+    folder.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(folder / "pipe.glb")
+    (folder / "folder.glb").mkdir()
+    (folder / "zero.glb").symlink_to("/dev/zero")
+    return {
+        "fifo": (folder / "pipe.glb", "not a regular file (a fifo"),
+        "directory_named_glb": (folder / "folder.glb", "not a regular file (a directory"),
+        "device_symlink": (folder / "zero.glb", "outside the input folder"),
+    }
+
+
+def whitespace_glb(mesh: trimesh.Trimesh, pad_bytes: int) -> bytes:
+    """A valid GLB of ``mesh`` whose JSON chunk starts with ``pad_bytes`` of whitespace (a
+    reader that parses a fixed prefix of the JSON sees no accessors)."""
+    doc, binary = _glb_chunks(pg.glb_bytes(mesh))
+    js = b" " * pad_bytes + json.dumps(doc).encode()
+    js += b" " * (-len(js) % 4)
+    binary += b"\x00" * (-len(binary) % 4)
+    body = struct.pack("<II", len(js), 0x4E4F534A) + js
+    body += struct.pack("<II", len(binary), 0x004E4942) + binary
+    return struct.pack("<4sII", b"glTF", 2, 12 + len(body)) + body
+
+
+def write_big_meshes(folder: Path, faces: int) -> dict[str, Path]:
+    """The same :func:`big_mesh` as binary PLY, ASCII PLY, binary STL, ASCII STL and OFF."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mesh = big_mesh(faces)
+    out = {
+        "ply_binary": ("big_bin.ply", mesh.export(file_type="ply", encoding="binary")),
+        "ply_ascii": ("big_ascii.ply", mesh.export(file_type="ply", encoding="ascii")),
+        "stl_binary": ("big_bin.stl", mesh.export(file_type="stl")),
+        "stl_ascii": ("big_ascii.stl", mesh.export(file_type="stl_ascii")),
+        "off": ("big.off", mesh.export(file_type="off")),
+    }
+    paths = {}
+    for kind, (name, data) in out.items():
+        path = folder / name
+        path.write_bytes(data if isinstance(data, bytes) else data.encode())
+        paths[kind] = path
+    return paths
+
+
+def obj_with_mtllib(folder: Path, mtllib: str, name: str = "model.obj") -> Path:
+    """A textured OBJ in ``folder`` whose ``mtllib`` line is ``mtllib`` as given."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mesh = pg.textured(pg.make_shape("box", 0), pg.make_texture("checker", 0))
+    path = folder / name
+    path.write_text(pg.obj_text(mesh, mtllib))
+    return path
+
+
+def png_of_pixels(width: int, height: int) -> bytes:
+    """A real, decodable PNG of ``width x height`` 1-bit pixels (large in pixels, small in
+    bytes and in decoded memory)."""
+    buf = io.BytesIO()
+    Image.new("1", (width, height), 1).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def deep_pbtxt(depth: int, category: str = "Toys") -> str:
+    """A GSO ``metadata.pbtxt`` with its category plus a message nested ``depth`` levels."""
+    return (
+        f'name: "Deep"\nannotations {{ key: "category" value: "{category}" }}\n'
+        + "x { " * depth
+        + "}" * depth
+        + "\n"
+    )
