@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -94,7 +94,11 @@ class PredictorInput:
 class Prediction:
     mesh: trimesh.Trimesh
     convention: str
+    """Axis convention and, through it, frame of ``mesh`` (``evaluation.alignment``): the
+    evaluation maps it into the GT's world with the object's input camera."""
     info: dict[str, Any]
+    files: dict[str, bytes] = field(default_factory=dict)
+    """Extra per-object files published beside the mesh (e.g. ``views.png``)."""
 
 
 class Predictor(Protocol):
