@@ -3,11 +3,17 @@ single-image path (``imesh generate``). Models are loaded once and reused for ev
 
 Per object ``<out>/<name>/``::
 
-    condition.png     the preprocessed condition image (RGB on white, foreground at 85 %)
+    condition.png     the condition image Zero123++ saw (RGB on white; see "Input handling")
     multiview.png     the 3 x 2 grid of the six views (640 x 960), or the user's views
     mesh.obj|glb|ply  the mesh: vertex colours, or a UV texture map with --texture (xatlas)
     turntable.gif     a 360 deg turntable (CPU rasterizer, elevation 20 deg, unlit)
-    generate.json     settings, seed, timings, file list
+    generate.json     settings, seed, input handling, dtype, views used, timings, file list
+
+Input handling (upstream ``run.py``; :func:`instantmesh.background.prepare_condition_image`):
+an RGBA image with transparency keeps its alpha as the mask; an RGB (or fully opaque) image has
+its background removed with rembg (U^2-Net from a local ``u2net.onnx``, never downloaded); then
+the foreground is re-centred to span 85 % of a square frame and composited on white.
+``--no-rembg`` skips both steps (the image is used as it is, RGBA composited on white).
 
 Axes of the exported mesh: our world frame (Z up, the input view's front facing +X) stored Y up
 in .obj/.glb and Z up in .ply (``instantmesh.mesh_export``); ``rendering.mesh_io.
@@ -47,8 +53,26 @@ class GenerateOptions:
     """Diffusion steps (paper: 75)."""
     guidance: float = 4.0
     """Classifier-free guidance scale (paper: 4.0)."""
-    remove_background: bool = False
-    """Remove the input's background first (needs the optional rembg package)."""
+    rembg: bool = True
+    """Background handling of each input image (upstream run.py): an RGBA image with transparency
+    keeps its alpha as the mask; an RGB image (or RGBA without any transparent pixel) has its
+    background removed with rembg (U^2-Net). Then the foreground is re-centred to span 85 % of a
+    square frame (resize_foreground 0.85) and composited on white. --no-rembg skips both steps:
+    the image is used as it is (RGBA composited on white, RGB unchanged, no re-centring)."""
+    rembg_model: str | None = None
+    """rembg's U^2-Net model file (u2net.onnx), read locally and never downloaded; default:
+    rembg's cache $U2NET_HOME/u2net.onnx (~/.u2net/u2net.onnx). Needs the 'rembg' extra."""
+    dtype: Literal["auto", "float16", "float32"] = "auto"
+    """Zero123++ weights dtype: auto = float16 on CUDA (as upstream run.py), float32 on CPU."""
+    views_used: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
+    """Zero123++ views (0..5, row-major in the 3x2 grid) given to the LRM, each with its input
+    camera: 0 2 4 5 is upstream's --view 4; default all six."""
+    scale: float = 1.0
+    """Input cameras of the LRM sit at radius 4.0 x scale (upstream --scale, 'scale of the
+    generated object': a larger value reconstructs a larger mesh)."""
+    distance: float | None = 4.5
+    """Turntable camera distance from the world origin (upstream --distance, its video's render
+    radius; FOV 30 deg, elevation 20 deg). None: frame the whole mesh instead."""
     export: Literal["obj", "glb", "ply"] = "obj"
     """Mesh file format."""
     texture: bool = False
@@ -100,18 +124,32 @@ def read_views(folder: Path) -> list[Image.Image]:
     )
 
 
-def turntable_frames(mesh_world: Any, frames: int, size: int) -> list[Image.Image]:
-    """RGB frames of a 360 deg orbit (elevation 20 deg) on white, framing the whole mesh."""
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """auto: float16 on CUDA (upstream run.py), float32 elsewhere."""
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"dtype must be auto, float16 or float32, got {dtype!r}")
+    return torch.float16 if dtype == "float16" else torch.float32
+
+
+def turntable_frames(
+    mesh_world: Any, frames: int, size: int, distance: float | None = None
+) -> list[Image.Image]:
+    """RGB frames of a 360 deg orbit (elevation 20 deg, FOV 30 deg) on white, starting at
+    azimuth 0 (the input view's side). ``distance``: orbit the world origin at that radius
+    (upstream's video cameras); None: centre the mesh and frame all of it."""
     from rendering.backends.cpu import rasterize
     from rendering.cameras import camera_from_spherical
 
-    vertices = np.asarray(mesh_world.vertices)
-    centre = (vertices.min(axis=0) + vertices.max(axis=0)) / 2.0
-    mesh = mesh_world.copy()
-    mesh.vertices = vertices - centre
-    radius = float(np.linalg.norm(mesh.vertices, axis=1).max()) or 1.0
     fov = 30.0
-    distance = 1.1 * radius / math.sin(math.radians(fov / 2.0))
+    mesh = mesh_world.copy()
+    if distance is None:
+        vertices = np.asarray(mesh_world.vertices)
+        centre = (vertices.min(axis=0) + vertices.max(axis=0)) / 2.0
+        mesh.vertices = vertices - centre
+        radius = float(np.linalg.norm(mesh.vertices, axis=1).max()) or 1.0
+        distance = 1.1 * radius / math.sin(math.radians(fov / 2.0))
     out = []
     for i in range(frames):
         cam = camera_from_spherical(360.0 * i / frames, 20.0, distance, fov, size)
@@ -133,16 +171,45 @@ class Generator:
                 "--checkpoint is required: the official .ckpt of --variant (e.g. "
                 "instant_mesh_large.ckpt) or a folder written by instantmesh.save_model"
             )
+        from instantmesh.reconstruct import check_view_indices
+
+        self.views_used = check_view_indices(options.views_used)
+        if not (options.scale > 0 and math.isfinite(options.scale)):
+            raise ValueError(f"--scale must be positive, got {options.scale}")
+        if options.distance is not None and not (
+            options.distance > 0 and math.isfinite(options.distance)
+        ):
+            raise ValueError(f"--distance must be positive (or None), got {options.distance}")
         self.options = options
         self.device = resolve_device(options.device)
+        self.dtype: torch.dtype | None = None
         self.model = load_checkpoint(options.checkpoint, options.variant, device=self.device)
         self.model.eval()
         self.pipe: Any = None
+        self._rembg_session: Any = None
         if need_diffusion:
             from instantmesh.zero123pp import from_pretrained
 
-            self.pipe = from_pretrained(options.zero123pp, white_background_unet=options.unet)
+            self.dtype = resolve_dtype(options.dtype, self.device)
+            self.pipe = from_pretrained(
+                options.zero123pp, torch_dtype=self.dtype, white_background_unet=options.unet
+            )
             self.pipe.to(self.device)
+
+    def condition(self, image: Image.Image) -> Any:
+        """The :class:`~instantmesh.background.ConditionImage` for ``image`` (the rembg session
+        is built on first need and reused)."""
+        from instantmesh.background import (
+            load_rembg_session,
+            needs_background_removal,
+            prepare_condition_image,
+        )
+
+        if self._rembg_session is None and needs_background_removal(image, self.options.rembg):
+            self._rembg_session = load_rembg_session(self.options.rembg_model)
+        return prepare_condition_image(
+            image, remove_background=self.options.rembg, session=self._rembg_session
+        )
 
     def generate(
         self,
@@ -155,29 +222,37 @@ class Generator:
             export_textured_mesh,
             export_vertex_colored_mesh,
         )
-        from instantmesh.reconstruct import reconstruct_mesh
+        from instantmesh.reconstruct import INPUT_CAMERA_RADIUS, reconstruct_mesh
         from instantmesh.zero123pp import generate_multiview, merge_grid
 
         opts = self.options
         out_dir.mkdir(parents=True, exist_ok=True)
         timings: dict[str, float] = {}
-        t0 = time.perf_counter()
+        input_record: dict[str, Any]
         if views is None:
             if image is None:
                 raise ValueError("generate needs an image or six views")
             if self.pipe is None:
                 raise ValueError("no Zero123++ pipeline loaded (views were expected)")
+            tp = time.perf_counter()
+            cond = self.condition(image)
+            timings["preprocess_s"] = time.perf_counter() - tp
+            input_record = {"source": "image", **cond.record()}
+            t0 = time.perf_counter()
             result = generate_multiview(
                 self.pipe,
-                image,
+                cond.image,
                 seed=opts.seed,
                 num_inference_steps=opts.steps,
                 guidance_scale=opts.guidance,
-                remove_background=opts.remove_background,
+                remove_background=False,  # done above (prepare_condition_image)
+                foreground_ratio=None,
             )
             result.condition.save(out_dir / "condition.png")
             views = result.views
             timings["multiview_s"] = time.perf_counter() - t0
+        else:
+            input_record = {"source": "views", "reason": "user views: no diffusion, no rembg"}
         merge_grid(views).save(out_dir / "multiview.png")
         t1 = time.perf_counter()
         arrays = [np.asarray(v.convert("RGB"), dtype=np.float32) / 255.0 for v in views]
@@ -186,6 +261,8 @@ class Generator:
             arrays,
             mc_resolution=opts.mc_resolution,
             density_threshold=opts.density_threshold,
+            view_indices=self.views_used,
+            scale=opts.scale,
         )
         timings["reconstruct_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
@@ -201,7 +278,10 @@ class Generator:
         if opts.turntable:
             t3 = time.perf_counter()
             frames = turntable_frames(
-                colored_mesh_to_trimesh(cm), opts.turntable_frames, opts.turntable_size
+                colored_mesh_to_trimesh(cm),
+                opts.turntable_frames,
+                opts.turntable_size,
+                distance=opts.distance,
             )
             frames[0].save(
                 out_dir / "turntable.gif",
@@ -216,6 +296,13 @@ class Generator:
             "options": asdict(opts),
             "device": str(self.device),
             "variant": self.model.cfg.name,
+            "input": input_record,
+            "zero123pp_dtype": None
+            if self.dtype is None
+            else str(self.dtype).removeprefix("torch."),
+            "views_used": list(self.views_used),
+            "input_camera_radius": INPUT_CAMERA_RADIUS * opts.scale,
+            "turntable_distance": opts.distance,
             "faces": len(cm.faces),
             "vertices": len(cm.vertices),
             "timings": timings,

@@ -79,6 +79,15 @@ from diffusers.schedulers.scheduling_euler_ancestral_discrete import (
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from instantmesh.background import (
+    FOREGROUND_RATIO,
+    MissingDependencyError,
+    composite_on_white,
+    remove_image_background,
+    resize_foreground,
+)
+from instantmesh.background import has_transparency as _has_transparency
+from instantmesh.background import normalize_mode as _normalize_mode
 from instantmesh.checkpoint import CheckpointError, CheckpointMismatch, load_state_dict_strict
 from instantmesh.zero123pp_data import (
     GRID_COLS,
@@ -97,7 +106,6 @@ WHITE_BACKGROUND_UNET_FILE = "diffusion_pytorch_model.bin"
 
 DEFAULT_STEPS = 75
 DEFAULT_GUIDANCE = 4.0
-FOREGROUND_RATIO = 0.85
 MIN_IMAGE_SIDE = 16
 
 LATENT_SHIFT = 0.22
@@ -135,10 +143,6 @@ def unscale_image(image: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------
 # Errors
-
-
-class MissingDependencyError(ImportError):
-    """An optional package a requested feature needs is not installed."""
 
 
 class Zero123ppWeightsError(CheckpointError):
@@ -197,89 +201,6 @@ def merge_grid(views: Sequence[Image.Image]) -> Image.Image:
 # Condition-image preprocessing
 
 
-def composite_on_white(image: Image.Image) -> Image.Image:
-    """RGB copy of ``image``; RGBA is pasted onto white through its alpha (upstream's rounding)."""
-    if image.mode == "RGB":
-        return image.copy()
-    if image.mode != "RGBA":
-        raise ValueError(f"expected an RGB or RGBA image, got mode {image.mode!r}")
-    out = Image.new("RGB", image.size, (255, 255, 255))
-    out.paste(image, mask=image.getchannel("A"))
-    return out
-
-
-def _has_transparency(image: Image.Image) -> bool:
-    if image.mode != "RGBA":
-        return False
-    lo, _ = image.getchannel("A").getextrema()
-    return int(lo) < 255  # type: ignore[arg-type]
-
-
-def _normalize_mode(image: Image.Image) -> Image.Image:
-    """Palette / grey / LA images -> RGBA when they carry transparency, else RGB."""
-    if image.mode in ("RGB", "RGBA"):
-        return image
-    has_alpha = image.mode in ("LA", "PA", "La") or "transparency" in image.info
-    return image.convert("RGBA" if has_alpha else "RGB")
-
-
-def remove_image_background(
-    image: Image.Image, session: Any = None, *, force: bool = False, **rembg_kwargs: Any
-) -> Image.Image:
-    """Background removal with the optional ``rembg`` package (RGBA out).
-
-    Like upstream's ``remove_background``: an RGBA image that already has transparent pixels is
-    returned unchanged unless ``force``. Raises :class:`MissingDependencyError` when ``rembg``
-    is not installed.
-    """
-    if _has_transparency(image) and not force:
-        return image
-    try:
-        import rembg  # type: ignore[import-not-found]
-    except ImportError as err:
-        raise MissingDependencyError(
-            "background removal (remove_background=True) needs the optional package 'rembg', "
-            "which is not installed: `pip install rembg` (it also downloads its segmentation "
-            "model on first use), or pass an RGBA image whose background is already "
-            "transparent with remove_background=False"
-        ) from err
-    out = rembg.remove(image, session=session, **rembg_kwargs)
-    if not isinstance(out, Image.Image):
-        raise TypeError(f"rembg.remove returned {type(out).__name__}, expected a PIL image")
-    return out.convert("RGBA")
-
-
-def resize_foreground(image: Image.Image, ratio: float = FOREGROUND_RATIO) -> Image.Image:
-    """Crop an RGBA image to its foreground, pad it to a centred square, then pad that square so
-    the foreground spans ``ratio`` of the frame (transparent padding).
-
-    Matches upstream's ``resize_foreground`` (InstantMesh ``src/utils/infer_util.py``) pixel for
-    pixel, including its crop ``[min, max)`` of the alpha > 0 box (the last foreground row and
-    column are dropped; kept when the box is one pixel thick). The output side is
-    ``int(side / ratio)`` of the padded square; no resampling happens here.
-    """
-    if not 0.0 < ratio <= 1.0:
-        raise ValueError(f"foreground ratio must be in (0, 1], got {ratio}")
-    if image.mode != "RGBA":
-        raise ValueError(f"resize_foreground needs an RGBA image, got mode {image.mode!r}")
-    arr = np.asarray(image)
-    ys, xs = np.nonzero(arr[..., 3] > 0)
-    if ys.size == 0:
-        raise ValueError("the image has no foreground: its alpha channel is zero everywhere")
-    y1, y2, x1, x2 = int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())
-    y2, x2 = max(y2, y1 + 1), max(x2, x1 + 1)
-    fg = arr[y1:y2, x1:x2]
-    side = max(fg.shape[0], fg.shape[1])
-    top, left = (side - fg.shape[0]) // 2, (side - fg.shape[1]) // 2
-    square = np.zeros((side, side, 4), dtype=arr.dtype)
-    square[top : top + fg.shape[0], left : left + fg.shape[1]] = fg
-    new_side = int(side / ratio)
-    offset = (new_side - side) // 2
-    out = np.zeros((new_side, new_side, 4), dtype=arr.dtype)
-    out[offset : offset + side, offset : offset + side] = square
-    return Image.fromarray(out, "RGBA")
-
-
 def _resize_shortest_edge(
     image: Image.Image, shortest_edge: int, resample: int
 ) -> tuple[Image.Image, tuple[int, int]]:
@@ -309,12 +230,19 @@ def preprocess_condition(
     foreground_ratio: float | None = FOREGROUND_RATIO,
     size: int | None = VIEW_SIZE,
     rembg_session: Any = None,
+    rembg_model: str | os.PathLike[str] | None = None,
 ) -> Image.Image:
     """Condition image as the pipeline should see it: RGB, object centred, white background.
 
-    1. Optional background removal (``rembg``, not a dependency of this project: a clear
+    A lower-level helper than :func:`instantmesh.background.prepare_condition_image` (upstream
+    ``run.py``'s exact decision, used by ``imesh generate``): here re-centring also applies to an
+    RGBA input when ``remove_background`` is off.
+
+    1. Optional background removal (the optional extra ``rembg``: a clear
        :class:`MissingDependencyError` when requested and absent; skipped for an RGBA image that
-       already has transparency, like upstream).
+       already has transparency, like upstream). ``rembg_session`` is reused when given, else
+       one is built from the local ``rembg_model`` file or rembg's cache (never downloaded:
+       :class:`~instantmesh.background.RembgModelMissing` when absent).
     2. An image with transparency has its foreground cropped, centred and padded to
        ``foreground_ratio`` (0.85) of the frame (:func:`resize_foreground`; ``None`` skips it).
        RGB input (or fully opaque RGBA) is kept as is: with no mask there is no foreground box,
@@ -331,7 +259,7 @@ def preprocess_condition(
         raise ValueError(f"size must be a positive int or None, got {size!r}")
     img = _normalize_mode(image)
     if remove_background:
-        img = remove_image_background(img, rembg_session)
+        img = remove_image_background(img, rembg_session, model=rembg_model)
     if foreground_ratio is not None and _has_transparency(img):
         img = resize_foreground(img, foreground_ratio)
     rgb = composite_on_white(img) if img.mode == "RGBA" else img.convert("RGB")
@@ -952,14 +880,22 @@ def generate_multiview(
     condition_size: int | None = None,
     height: int = GRID_HEIGHT,
     width: int = GRID_WIDTH,
+    rembg_session: Any = None,
+    rembg_model: str | os.PathLike[str] | None = None,
 ) -> MultiviewResult:
     """Preprocess ``image`` (:func:`preprocess_condition`; ``condition_size=None`` keeps its
-    resolution, as upstream ``run.py``), run the pipeline with ``seed``, split the grid."""
+    resolution, as upstream ``run.py``), run the pipeline with ``seed``, split the grid.
+
+    To feed a condition already prepared by
+    :func:`instantmesh.background.prepare_condition_image` unchanged, pass its RGB image with
+    ``remove_background=False, foreground_ratio=None`` (and ``condition_size=None``)."""
     cond = preprocess_condition(
         image,
         remove_background,
         foreground_ratio=foreground_ratio,
         size=condition_size,
+        rembg_session=rembg_session,
+        rembg_model=rembg_model,
     )
     out = pipe(
         cond,

@@ -5,6 +5,11 @@ goes through them with a progress bar. ``--views DIR`` skips diffusion: DIR hold
 a sub-folder ``<name>/`` with ``001..006.png`` or a ``multiview.png`` grid (or those files
 directly, for one object). Outputs per object in ``<out>/<name>/`` (see
 ``instantmesh.generate``). Device: CUDA when present, else CPU with a warning.
+
+Input images follow upstream ``run.py``: RGBA with transparency keeps its alpha, RGB (or opaque
+RGBA) goes through rembg, then the foreground is re-centred at 85 % on white; ``--no-rembg``
+uses the image as it is. When some input needs rembg, the package and the local ``u2net.onnx``
+are checked before any model loads (exit 2 naming the file, where it goes and ``--no-rembg``).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ class GenerateConfig(GenerateOptions):
     """Image(s) -> Zero123++ six views -> InstantMesh LRM -> mesh (.obj/.glb/.ply) + turntable."""
 
     images: Positional[list[str]] = field(default_factory=list)
-    """Input images (RGBA is composited on white; the foreground is centred at 85 %)."""
+    """Input images. RGBA with transparency: its alpha is the mask. RGB or fully opaque RGBA:
+    background removed with rembg (unless --no-rembg). Then re-centred to 85 % on white."""
     out: str = "generate_out"
     """Output folder: one sub-folder per object."""
     views: str | None = None
@@ -57,6 +63,41 @@ def _jobs(cfg: GenerateConfig) -> list[tuple[str, Path, bool]]:
     return [(_name(Path(p)), Path(p), False) for p in cfg.images]
 
 
+def _check_background_removal(cfg: GenerateConfig, jobs: list[tuple[str, Path, bool]]) -> None:
+    """Inputs that need rembg -> the package and the local model file must be there (before any
+    model loads)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from instantmesh.background import (
+        MissingDependencyError,
+        RembgModelMissing,
+        check_rembg_installed,
+        needs_background_removal,
+        resolve_rembg_model,
+    )
+
+    if not cfg.rembg:
+        return
+    needing = []
+    for _, source, is_views in jobs:
+        if is_views:
+            continue
+        try:
+            with Image.open(source) as im:
+                if needs_background_removal(im):
+                    needing.append(str(source))
+        except (UnidentifiedImageError, OSError) as e:
+            raise ConfigError(f"{source}: not a readable image ({e})") from e
+    if not needing:
+        return
+    shown = ", ".join(needing[:3]) + (f" and {len(needing) - 3} more" if len(needing) > 3 else "")
+    try:
+        check_rembg_installed()
+        resolve_rembg_model(cfg.rembg_model)
+    except (MissingDependencyError, RembgModelMissing) as e:
+        raise ConfigError(f"{shown}: no transparency, so the background is removed; {e}") from e
+
+
 def run_generate(cfg: GenerateConfig) -> list[dict[str, Any]]:
     from PIL import Image
     from tqdm import tqdm
@@ -64,6 +105,7 @@ def run_generate(cfg: GenerateConfig) -> list[dict[str, Any]]:
     from instantmesh.generate import Generator, read_views
 
     jobs = _jobs(cfg)
+    _check_background_removal(cfg, jobs)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_resolved_config(cfg, str(out / "generate.config.yaml"))

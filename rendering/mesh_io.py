@@ -77,8 +77,24 @@ def load_scene(path: str | os.PathLike[str]) -> trimesh.Scene:
         refused = [msg for _, msg in _obj_material_files(path) if msg and "missing" not in msg]
         if refused:
             raise MeshLoadError(f"{path}: {'; '.join(refused)}")
+    dense = None
+    if path.suffix.lower() in (".glb", ".gltf"):
+        from rendering.gltf_checks import checked_gltf
+
+        dense = checked_gltf(path)  # node cycles, index range, Draco and sparse decoding
     try:
-        scene = trimesh.load(str(path), force="scene", process=False)
+        if dense is not None:
+            import io
+
+            scene = trimesh.load(
+                io.BytesIO(dense),
+                file_type="glb",
+                force="scene",
+                process=False,
+                resolver=trimesh.resolvers.FilePathResolver(str(path)),
+            )
+        else:
+            scene = trimesh.load(str(path), force="scene", process=False)
     except Exception as e:  # trimesh raises many exception types for malformed input
         raise MeshLoadError(f"{path}: cannot parse ({type(e).__name__}: {e})") from e
     if not isinstance(scene, trimesh.Scene):
@@ -535,6 +551,17 @@ def texture_problems(
             uri = image.get("uri")
             if isinstance(uri, str) and not uri.startswith("data:"):
                 check_file(p.parent / unquote(uri))
+            elif isinstance(uri, str):  # a data: URI gets the checks of an embedded image
+                from rendering.gltf_checks import decode_data_uri
+
+                try:
+                    payload = decode_data_uri(uri)
+                except ValueError as e:
+                    problems.append(f"texture image {i} (data: URI) does not decode ({e})")
+                    continue
+                issue = _image_problem(f"image {i} (data: URI)", payload, None, max_pixels)
+                if issue:
+                    problems.append(issue)
             elif "bufferView" in image and binary:
                 try:
                     view = views[int(image["bufferView"])]

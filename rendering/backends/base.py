@@ -35,6 +35,7 @@ import trimesh
 from rendering.cameras import Camera
 from rendering.mesh_io import (
     MeshLoadError,
+    base_color_textures,
     check_face_limit,
     check_mesh_file,
     load_scene,
@@ -96,6 +97,13 @@ class RenderObject:
     file_to_world: np.ndarray
     source_up: Literal["y", "z"] = "y"
     bounds_world: np.ndarray = field(default_factory=lambda: np.array([[-1.0] * 3, [1.0] * 3]))
+    file_bounds: np.ndarray | None = None
+    """(2, 3) box of the faces as trimesh loads the file (file coordinates); a backend that
+    imports the file itself (Blender) checks that its geometry lands at ``file_to_world`` of
+    this box. ``None``: unknown (formats only Blender reads)."""
+    textures_decoded: int | None = None
+    """Base-colour texture images trimesh decodes (``mesh_io.base_color_textures``); Blender
+    must bind (and load) textures exactly when this is > 0. ``None``: unknown."""
 
     @property
     def suffix(self) -> str:
@@ -181,6 +189,8 @@ def prepare_object(
         file_to_world=file_to_world,
         source_up=source_up,
         bounds_world=world_bounds,
+        file_bounds=np.asarray(mesh.bounds, dtype=np.float64),
+        textures_decoded=base_color_textures(scene)[1],
     )
     return obj, scene
 

@@ -149,6 +149,98 @@ def pixel_rays(camera: Camera) -> np.ndarray:
     return rays
 
 
+BOUNDS_TOLERANCE = 0.01
+"""Blender's geometry box may differ from trimesh's (placed by ``file_to_world``) by this
+fraction of the box's largest side before the object is refused."""
+
+
+def expected_world_bounds(obj: RenderObject) -> np.ndarray | None:
+    """The world box trimesh's faces occupy once placed with ``obj.file_to_world``."""
+    if obj.file_bounds is None:
+        return None
+    lo, hi = np.asarray(obj.file_bounds, dtype=np.float64)
+    corners = np.array(
+        [[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
+    )
+    m = np.asarray(obj.file_to_world, dtype=np.float64)
+    world = corners @ m[:3, :3].T + m[:3, 3]
+    return np.stack([world.min(axis=0), world.max(axis=0)])
+
+
+def binding_problems(bound: dict[str, Any] | None, obj: RenderObject, suffix: str) -> list[str]:
+    """Where Blender's import (the worker's ``bound`` report) disagrees with trimesh's view of
+    the same file (``obj.file_bounds``, ``obj.textures_decoded``): such a render would publish
+    something other than what inspection, filtering and the rasterizer backends see."""
+    if bound is None:
+        return ["the Blender worker sent no import report"]
+    problems: list[str] = []
+    expected = expected_world_bounds(obj)
+    got = bound.get("bounds")
+    if expected is not None:
+        if got is None:
+            problems.append("Blender imported no faces")
+        else:
+            got_arr = np.asarray(got, dtype=np.float64)
+            tol = BOUNDS_TOLERANCE * float((expected[1] - expected[0]).max())
+            if np.abs(got_arr - expected).max() > tol:
+                cause = _pose_features(obj.path) if suffix in (".glb", ".gltf") else ""
+                problems.append(
+                    "Blender's imported geometry is not where the loaded mesh is: its box "
+                    f"{np.round(got_arr, 3).tolist()} vs {np.round(expected, 3).tolist()} "
+                    f"expected{cause}"
+                )
+    bound_images = [
+        (m["name"], im) for m in bound.get("materials", []) for im in m.get("images", [])
+    ]
+    for material, im in bound_images:
+        if not im.get("has_data"):
+            why = "its file is missing" if im.get("missing") else "its pixels do not load"
+            problems.append(
+                f"Blender cannot load texture image {im.get('name')!r} of material "
+                f"{material!r} ({why}; it would render Blender's magenta missing-texture colour)"
+            )
+    loaded = [(material, im) for material, im in bound_images if im.get("has_data")]
+    if obj.textures_decoded is not None:
+        if obj.textures_decoded > 0 and not loaded:
+            problems.append(
+                f"the loaded mesh has {obj.textures_decoded} base-colour texture(s) but Blender "
+                "bound none (it would render flat colours)"
+            )
+        elif obj.textures_decoded == 0 and loaded:
+            names = ", ".join(sorted({str(im.get("name")) for _, im in loaded}))
+            problems.append(
+                f"Blender binds base-colour texture image(s) {names} that the loaded mesh does "
+                "not have (inspection and the filter would see an untextured object)"
+            )
+    return problems
+
+
+def _pose_features(path: Path) -> str:
+    """``": the file has skins (1), animations (1)"``: glTF features that make Blender pose
+    geometry (trimesh and the rasterizers use the bind pose / static node transforms)."""
+    from rendering.gltf_checks import read_gltf
+
+    try:
+        doc, _ = read_gltf(path)
+    except ValueError:
+        return ""
+    found = [f"{key} ({len(doc[key])})" for key in ("skins", "animations") if doc.get(key)]
+    targets = sum(
+        1
+        for m in doc.get("meshes", []) or []
+        for p in m.get("primitives", []) or []
+        if p.get("targets")
+    )
+    if targets:
+        found.append(f"morph targets ({targets} primitives)")
+    if not found:
+        return ""
+    return (
+        f": the file has {', '.join(found)}, which Blender's importer poses while trimesh "
+        "and the rasterizer backends use the static mesh"
+    )
+
+
 def raw_to_view(raw: np.ndarray, camera: Camera) -> View:
     """A worker's ``(H, W, 8)`` array (see the module docstring) -> :class:`View`."""
     h, w = camera.height, camera.width
@@ -538,6 +630,9 @@ class BlenderBackend:
             if reply.get("auto_exec") is not False:
                 self._kill_worker()
                 raise RenderError(f"{path}: worker reports Python auto-execution enabled")
+            problems = binding_problems(reply.get("bound"), obj, suffix)
+            if problems:
+                raise RenderError(f"{path}: {'; '.join(problems)}")
             tl = time.perf_counter()
             views = [
                 raw_to_view(np.load(npy), cam)

@@ -146,6 +146,7 @@ class Worker:
         roots = self._import(path, IMPORTERS[suffix])
         t_import = time.perf_counter()
         self._place(roots, req["matrix"])
+        bound = self._bound_report()
         self._materials(req["shading"])
         scene = self._setup_scene(req)
         file_output = self._setup_compositor(scene, out_dir)
@@ -170,6 +171,7 @@ class Worker:
             "ok": True,
             "views": views,
             "auto_exec": bool(self.prefs.filepaths.use_scripts_auto_execute),
+            "bound": bound,
             "timings": {
                 "reset_s": t_reset - t0,
                 "import_s": t_import - t_reset,
@@ -210,6 +212,72 @@ class Worker:
         lo, hi = np.min(lows, axis=0), np.max(highs, axis=0)
         return {"ok": True, "bounds": [lo.tolist(), hi.tolist()]}
 
+    def _bound_report(self) -> dict[str, Any]:
+        """What Blender will render, for the client to compare with trimesh's view of the file:
+        ``bounds`` = world-space box of the *evaluated* faces (skins, shape keys, the current
+        animation frame applied; after placement), ``materials`` = per material used by a mesh
+        the base-colour images bound (``Image Texture`` nodes upstream of the BSDF's colour):
+        name, ``has_data`` (pixels loaded: False renders Blender's magenta), ``size``,
+        ``packed``, ``missing`` (an unpacked file that does not exist) and ``uv_map`` (the UV Map
+        node's layer; ``""`` = the active render UV map)."""
+        import numpy as np
+
+        bpy = self.bpy
+        depsgraph = bpy.context.evaluated_depsgraph_get()
+        lows, highs = [], []
+        used: dict[str, Any] = {}
+        for obj in bpy.data.objects:
+            if obj.type != "MESH":
+                continue
+            for slot in obj.material_slots:
+                if slot.material is not None:
+                    used[slot.material.name] = slot.material
+            evaluated = obj.evaluated_get(depsgraph)
+            mesh = evaluated.to_mesh()
+            try:
+                if len(mesh.polygons) == 0:
+                    continue
+                co = np.empty(len(mesh.vertices) * 3, dtype=np.float64)
+                mesh.vertices.foreach_get("co", co)
+                loops = np.empty(len(mesh.loops), dtype=np.int64)
+                mesh.loops.foreach_get("vertex_index", loops)
+                points = co.reshape(-1, 3)[np.unique(loops)]
+                m = np.array(evaluated.matrix_world, dtype=np.float64)
+                world = points @ m[:3, :3].T + m[:3, 3]
+            finally:
+                evaluated.to_mesh_clear()
+            if not np.isfinite(world).all():
+                continue  # the client's loader reports non-finite coordinates
+            lows.append(world.min(axis=0))
+            highs.append(world.max(axis=0))
+        bounds = [np.min(lows, axis=0).tolist(), np.max(highs, axis=0).tolist()] if lows else None
+        materials = []
+        for name, mat in sorted(used.items()):
+            images = []
+            if mat.node_tree is not None:
+                for node in _base_colour_images(mat.node_tree):
+                    image = node.image
+                    if image is None:
+                        images.append({"name": node.name, "has_data": False, "no_image": True})
+                        continue
+                    size = tuple(image.size)  # loads the pixels; (0, 0) when they do not decode
+                    packed = image.packed_file is not None
+                    filepath = bpy.path.abspath(image.filepath) if image.filepath else ""
+                    images.append(
+                        {
+                            "name": image.name,
+                            "has_data": bool(image.has_data) and size[0] * size[1] > 0,
+                            "size": list(size),
+                            "packed": packed,
+                            "missing": not packed
+                            and image.source == "FILE"
+                            and not (filepath and os.path.isfile(filepath)),
+                            "uv_map": _uv_map_of(node),
+                        }
+                    )
+            materials.append({"name": name, "images": images})
+        return {"bounds": bounds, "materials": materials}
+
     def _reset(self) -> None:
         self.bpy.ops.wm.read_homefile(use_empty=True, use_factory_startup=True)
         self._secure_preferences()  # cheap; keeps the invariant even if a reset touched it
@@ -230,7 +298,13 @@ class Worker:
             else:
                 result = bpy.ops.wm.stl_import(filepath=filepath)
         except Exception as e:  # importers raise RuntimeError and assorted Python errors
-            message = str(e).strip().splitlines()
+            # Blender appends "Location: .../bpy/ops.py:NNN" (the operator call, not the cause)
+            # after the importer's traceback; the cause is the last line before it.
+            message = [
+                line.strip()
+                for line in str(e).strip().splitlines()
+                if line.strip() and not line.strip().startswith("Location:")
+            ]
             cause = message[-1] if message else type(e).__name__
             raise WorkerError(f"{path}: Blender's {importer} importer failed: {cause}") from e
         if "FINISHED" not in result:
@@ -409,6 +483,43 @@ class Worker:
 
 
 _COLOR_INPUTS = {"ShaderNodeBsdfPrincipled": "Base Color", "ShaderNodeBsdfDiffuse": "Color"}
+
+
+def _base_colour_images(tree: Any) -> list[Any]:
+    """``Image Texture`` nodes upstream of the colour input of every Principled / Diffuse BSDF
+    (through mix, multiply, separate/combine and other nodes), in tree order."""
+    seen: set[str] = set()
+    found: list[Any] = []
+    stack = [
+        node.inputs[name]
+        for node in tree.nodes
+        for kind, name in _COLOR_INPUTS.items()
+        if node.bl_idname == kind
+    ]
+    while stack:
+        socket = stack.pop()
+        for link in socket.links:
+            node = link.from_node
+            if node.name in seen:
+                continue
+            seen.add(node.name)
+            if node.bl_idname == "ShaderNodeTexImage":
+                found.append(node)
+            else:
+                stack.extend(i for i in node.inputs if i.is_linked)
+    return found
+
+
+def _uv_map_of(node: Any) -> str:
+    """The UV layer an image node samples: a ``UV Map`` node upstream of its Vector input
+    (through Mapping nodes), ``""`` (the active render UV map) when none is linked."""
+    socket = node.inputs.get("Vector")
+    while socket is not None and socket.is_linked:
+        source = socket.links[0].from_node
+        if source.bl_idname == "ShaderNodeUVMap":
+            return str(source.uv_map)
+        socket = source.inputs.get("Vector")
+    return ""
 
 
 def _to_emission(tree: Any) -> None:

@@ -605,10 +605,20 @@ def rasterize(mesh_world: trimesh.Trimesh | trimesh.Scene | RasterMesh, camera: 
 def load_raster_mesh(obj: RenderObject) -> RasterMesh:
     """Load ``obj.path`` and flatten it into a world-space :class:`RasterMesh` placed with
     ``obj.file_to_world`` (shared by the rasterizer backends: ``cpu`` and ``nvdiffrast``).
+    A glTF base-colour texture on ``TEXCOORD_n`` (n > 0) or with ``KHR_texture_transform``
+    is refused (:func:`rendering.gltf_checks.trimesh_unsupported`): trimesh drops both.
 
     Raises :class:`RenderError` naming the file for unreadable files (the ``MeshLoadError`` is
     chained as the cause), files without triangles and non-finite coordinates.
     """
+    from rendering.gltf_checks import trimesh_unsupported
+
+    unsupported = trimesh_unsupported(obj.path)
+    if unsupported:  # trimesh drops these: the rasterizers would sample the wrong texels
+        raise RenderError(
+            f"{obj.path}: {'; '.join(unsupported)}: not supported by the rasterizer backends' "
+            "(trimesh) texture loader; render it with --backend blender"
+        )
     try:
         scene = load_scene(obj.path)
     except MeshLoadError as e:
