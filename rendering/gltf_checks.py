@@ -183,7 +183,7 @@ def _node_cycle(doc: dict[str, Any]) -> list[int] | None:
                 if not 0 <= child < len(nodes):
                     continue  # a dangling child index: left to the loaders
                 if state[child] == 1:
-                    return path[path.index(child) :] + [child]
+                    return [*path[path.index(child) :], child]
                 if state[child] == 0:
                     stack.append((child, 0))
             else:
@@ -317,19 +317,19 @@ def _dense_glb(
             attr = draco.get_attribute_by_unique_id(int(unique_id))
             if attr is None:
                 raise _error(path, f"mesh {mi} primitive {pi}: Draco attribute {name} missing")
-            data = np.asarray(attr["data"])
-            if data.ndim == 1:
-                data = data[:, None]
+            values = np.asarray(attr["values"])
+            if values.ndim == 1:
+                values = values[:, None]
             if name in attrs and isinstance(attrs[name], int):
                 declared = doc["accessors"][attrs[name]]
                 dtype = np.dtype(_COMPONENT[int(declared["componentType"])])
                 kind = declared["type"]
                 normalized = bool(declared.get("normalized", False))
             else:
-                dtype, kind, normalized = np.dtype(np.float32), f"VEC{data.shape[1]}", False
-            if normalized and dtype.kind in "ui" and data.dtype.kind == "f":
-                data = np.round(data * np.iinfo(dtype).max)
-            arr = np.ascontiguousarray(data.astype(dtype))
+                dtype, kind, normalized = np.dtype(np.float32), f"VEC{values.shape[1]}", False
+            if normalized and dtype.kind in "ui" and values.dtype.kind == "f":
+                values = np.asarray(np.round(values * float(np.iinfo(dtype.name).max)))
+            arr = np.ascontiguousarray(values.astype(dtype))
             comp = next(k for k, v in _COMPONENT.items() if np.dtype(v) == dtype)
             attrs[name] = append(arr, comp, kind, 34962)
             if normalized:
@@ -369,7 +369,7 @@ def trimesh_unsupported(path: str | os.PathLike[str]) -> list[str]:
             if not isinstance(ref, dict):
                 continue
             transform = (ref.get("extensions") or {}).get(TEXTURE_TRANSFORM)
-            tex_coord = int((transform or {}).get("texCoord", ref.get("texCoord", 0)))
+            tex_coord = int((transform or {}).get("texCoord", ref.get("texCoord", 0)) or 0)
             if tex_coord != 0:
                 problems.append(f"material {i}: base-colour texture on TEXCOORD_{tex_coord}")
             if transform is not None:
