@@ -134,6 +134,7 @@ class InstantMeshPredictor:
         self.views: ViewsSource = views  # type: ignore[assignment]
         self.steps, self.guidance, self.seed = int(steps), float(guidance), int(seed)
         self.rembg_model = rembg_model
+        self._rembg_session: Any = None
         self.pipe: Any = None
         self.dtype: torch.dtype | None = None
         self.zero123pp: dict[str, Any] | None = None
@@ -155,6 +156,13 @@ class InstantMeshPredictor:
     def _generated_views(
         self, item: PredictorInput
     ) -> tuple[list[np.ndarray], dict[str, Any], Image.Image]:
+        from instantmesh.background import (
+            MissingDependencyError,
+            RembgModelMissing,
+            load_rembg_session,
+            needs_background_removal,
+            prepare_condition_image,
+        )
         from instantmesh.zero123pp import generate_multiview
 
         path = item.object_dir / "input.png"
@@ -164,21 +172,22 @@ class InstantMeshPredictor:
             im.load()
             image = im.copy()
         seed = object_seed(self.seed, item.uid)
-        # An input with transparency keeps its alpha (upstream: rembg leaves such images
-        # alone); an opaque input needs background removal first.
-        has_alpha = (
-            image.mode in ("RGBA", "LA") and int(np.asarray(image.getchannel("A")).min()) < 255
-        )
+        # Upstream's input handling: an input with transparency keeps its alpha (the evaluation
+        # sets' input.png always has it), an opaque one goes through background removal.
         try:
+            if needs_background_removal(image) and self._rembg_session is None:
+                self._rembg_session = load_rembg_session(self.rembg_model)
+            cond = prepare_condition_image(image, session=self._rembg_session)
             result = generate_multiview(
                 self.pipe,
-                image,
+                cond.image,
                 seed=seed,
                 num_inference_steps=self.steps,
                 guidance_scale=self.guidance,
-                remove_background=not has_alpha,
+                remove_background=False,
+                foreground_ratio=None,
             )
-        except ValueError as e:
+        except (ValueError, RembgModelMissing, MissingDependencyError) as e:
             raise PredictorError(f"{item.uid}: {e}") from e
         arrays = [np.asarray(v.convert("RGB"), dtype=np.float32) / 255.0 for v in result.views]
         info = {
@@ -187,7 +196,7 @@ class InstantMeshPredictor:
             "steps": self.steps,
             "guidance": self.guidance,
             "dtype": str(self.dtype).removeprefix("torch."),
-            "input": "alpha kept" if has_alpha else "background removed",
+            "input": cond.record(),
             "zero123pp": self.zero123pp,
         }
         return arrays, info, result.grid

@@ -92,6 +92,9 @@ class PredictorOptions:
     """instantmesh: diffusion steps (paper: 75)."""
     guidance: float = 4.0
     """instantmesh: classifier-free guidance scale (paper: 4.0)."""
+    rembg_model: str | None = None
+    """instantmesh --views generated: local u2net.onnx for inputs without transparency (the
+    evaluation sets' input.png carry alpha and never need it); default: rembg's cache."""
     diffusion_seed: int = 42
     """instantmesh: run seed; each object's diffusion seed is derived from (this, uid)."""
     gpus_per_worker: float = field(default=1.0, metadata=NO_HASH)
@@ -242,6 +245,7 @@ def _predictor_setup(cfg: PredictConfig) -> Any:
             "steps": cfg.steps,
             "guidance": cfg.guidance,
             "seed": cfg.diffusion_seed,
+            "rembg_model": cfg.rembg_model,
         }
     return make_predictor(cfg.predictor, **options)
 

@@ -199,7 +199,9 @@ def test_instantmesh_generated_views_end_to_end(
     pred = run / "predictions" / "gso" / uid
     record = json.loads((pred / "prediction.json").read_text())
     assert record["views"] == "generated" and record["seed"] == object_seed(7, uid)
-    assert record["dtype"] == "float32" and record["input"] == "alpha kept"
+    assert record["dtype"] == "float32"
+    assert record["input"]["alpha"] == "input" and record["input"]["rembg"] is False
+    assert record["input"]["recentred"] is True
     assert (
         record["zero123pp"]["config_sha256"]
         == (zero123pp_identity(models["zero123pp"])["config_sha256"])
@@ -247,3 +249,26 @@ def test_generated_views_need_a_zero123pp_folder(
     from pipelines.cli import main
 
     assert main(_instantmesh_args(models, gso, tmp_path / "x", "--views", "generated")) == 2
+
+
+def test_opaque_input_needs_background_removal_and_says_which_file(
+    models: dict[str, Path], gso: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from evaluation.predictors import PredictorError
+    from instantmesh.predictor import InstantMeshPredictor
+
+    obj = tmp_path / "obj"
+    shutil.copytree(_objects(gso)[0], obj)
+    Image.open(obj / "input.png").convert("RGB").save(obj / "input.png")
+    predictor = InstantMeshPredictor(
+        str(models["lrm"]),
+        "tiny-mesh",
+        device="cpu",
+        zero123pp=str(models["zero123pp"]),
+        steps=1,
+        rembg_model=str(tmp_path / "absent" / "u2net.onnx"),
+    )
+    with pytest.raises(PredictorError, match=r"absent/u2net\.onnx"):
+        predictor.predict(PredictorInput("obj", "gso", obj))
