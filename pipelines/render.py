@@ -59,6 +59,10 @@ REFUSED_SUFFIXES = (".blend",)
 """Scene files that are listed (so each gets a failed status row saying why) but never opened:
 a .blend can carry auto-run Python."""
 GPU_BACKENDS = ("nvdiffrast",)
+EMPTY_VIEW_COVERAGE = 1e-4
+"""A view whose alpha coverage is at most this (0.01 % of the pixels: ~10 px at 320^2) is
+empty; an object with an empty view fails whatever ``--min-coverage`` says (an empty render
+was published as ``ok`` for skinned, animated and sparse glTF files)."""
 
 
 @dataclass
@@ -99,8 +103,9 @@ class RenderConfig:
     """eval: also render the Omni3D benchmark views (auto: for omni3d objects or rows with a
     transforms_uri)."""
     min_coverage: float = 0.0
-    """Validation: fail an object with a view whose alpha coverage is below this (0 = off; the
-    filter, not the renderer, applies the 10 % criterion)."""
+    """Validation: fail an object with a view whose alpha coverage is below this (views with
+    (near) zero coverage always fail: EMPTY_VIEW_COVERAGE; the filter, not the renderer,
+    applies the 10 % criterion)."""
     timeout_s: float = 600.0
     """Per-object time limit (blender worker killed and respawned on timeout)."""
     max_faces: int = DEFAULT_MAX_FACES
@@ -190,6 +195,19 @@ def render_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
     finally:
         if temporary:
             path.unlink(missing_ok=True)
+    empty = [
+        f"{name or 'views'}/{stem}"
+        for name, vs in record["view_sets"].items()
+        for stem, cov in zip(vs["files"], vs["coverage"], strict=True)
+        if not cov > EMPTY_VIEW_COVERAGE
+    ]
+    if empty:
+        shown = ", ".join(empty[:8]) + (f", ... ({len(empty) - 8} more)" if len(empty) > 8 else "")
+        raise LayoutValidationError(
+            f"{path}: empty render: {len(empty)} of {record['n_views']} views have (near) zero "
+            f"alpha coverage (<= {EMPTY_VIEW_COVERAGE:g}): {shown}; the object is not where its "
+            "normalization put it (nothing is published)"
+        )
     if record["min_coverage"] < cfg.min_coverage:
         raise LayoutValidationError(
             f"min alpha coverage {record['min_coverage']:.4f} < --min-coverage {cfg.min_coverage}"

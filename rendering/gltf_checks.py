@@ -14,8 +14,11 @@ included) and raises :class:`~rendering.mesh_io.MeshLoadError` naming the file a
 It returns ``None`` when trimesh can load the file as it is, or the bytes of an equivalent
 *dense* GLB when the file uses features trimesh ignores: Draco-compressed primitives (trimesh
 saw only the empty fallback accessors: "only degenerate faces") are decoded with ``DracoPy``
-and sparse accessors (trimesh read the base values only, Blender applies the sparse
-substitution) are materialized. Images, materials and nodes are kept; external image files of a
+sparse accessors (trimesh read the base values only, Blender applies the sparse
+substitution) are materialized, and ``KHR_materials_pbrSpecularGlossiness`` materials become
+metallic-roughness ones with the diffuse texture x factor as base colour, as Blender's importer
+does (trimesh's own conversion folded the default white specular into the base colour: the
+rasterizers rendered white while inspection reported a texture). Images, materials and nodes are kept; external image files of a
 ``.gltf`` stay referenced by their URIs (load the bytes with a resolver on the file's folder).
 
 :func:`trimesh_unsupported` lists material features that trimesh (hence the CPU and nvdiffrast
@@ -38,6 +41,7 @@ import numpy as np
 
 DRACO = "KHR_draco_mesh_compression"
 TEXTURE_TRANSFORM = "KHR_texture_transform"
+SPEC_GLOSS = "KHR_materials_pbrSpecularGlossiness"
 
 _COMPONENT = {
     5120: np.int8,
@@ -255,6 +259,10 @@ def checked_gltf(path: str | os.PathLike[str]) -> bytes | None:
         if getattr(e, "args", None) and str(path) in str(e.args[0]):
             raise
         raise _error(path, f"cannot parse ({type(e).__name__}: {e})") from e
+    rewrite = rewrite or any(
+        SPEC_GLOSS in ((m.get("extensions") or {}) if isinstance(m, dict) else {})
+        for m in doc.get("materials", []) or []
+    )
     if not rewrite:
         return None
     return _dense_glb(path, doc, buffers, decoded)
@@ -317,7 +325,7 @@ def _dense_glb(
             attr = draco.get_attribute_by_unique_id(int(unique_id))
             if attr is None:
                 raise _error(path, f"mesh {mi} primitive {pi}: Draco attribute {name} missing")
-            values = np.asarray(attr["values"])
+            values = np.asarray(attr["data"])
             if values.ndim == 1:
                 values = values[:, None]
             if name in attrs and isinstance(attrs[name], int):
@@ -334,9 +342,26 @@ def _dense_glb(
             attrs[name] = append(arr, comp, kind, 34962)
             if normalized:
                 doc["accessors"][attrs[name]]["normalized"] = True
+    for mat in doc.get("materials", []) or []:
+        spec = (
+            (mat.get("extensions") or {}).pop(SPEC_GLOSS, None) if isinstance(mat, dict) else None
+        )
+        if spec is None:
+            continue
+        # What Blender's importer does: the diffuse texture x factor is the base colour.
+        pbr = {
+            "baseColorFactor": spec.get("diffuseFactor", [1.0, 1.0, 1.0, 1.0]),
+            "metallicFactor": 0.0,
+            "roughnessFactor": 1.0 - float(spec.get("glossinessFactor", 1.0)),
+        }
+        if "diffuseTexture" in spec:
+            pbr["baseColorTexture"] = spec["diffuseTexture"]
+        mat["pbrMetallicRoughness"] = pbr
+        if not mat["extensions"]:
+            del mat["extensions"]
     for key in ("extensionsUsed", "extensionsRequired"):
         if key in doc:
-            doc[key] = [e for e in doc[key] if e != DRACO] if decoded else doc[key]
+            doc[key] = [e for e in doc[key] if e not in (DRACO, SPEC_GLOSS)]
             if not doc[key]:
                 del doc[key]
     doc["buffers"] = [{"byteLength": len(blob)}]

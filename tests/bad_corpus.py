@@ -108,6 +108,7 @@ def write_mesh_corpus(folder: Path) -> dict[str, tuple[Path, str]]:
     (folder / "missing.mtl").write_text(pg.mtl_text("not_here.png"))
     put("missing_texture", "missing_tex.obj", pg.obj_text(mesh, "missing.mtl"), "missing texture")
     put("empty_file", "empty.glb", b"", "empty file")
+    out.update(write_gltf_corpus(folder))
     out["unsupported_blend"] = (folder / "scene.blend", "unsupported mesh format")
     (folder / "scene.blend").write_bytes(b"BLENDER-v300" + b"\x00" * 64)
     return out
@@ -234,3 +235,307 @@ def deep_pbtxt(depth: int, category: str = "Toys") -> str:
         + "}" * depth
         + "\n"
     )
+
+
+# -- glTF features where trimesh's and Blender's views of a file can disagree (issue 16.2) ------
+
+TEXTURE_RGB = (200, 60, 30)
+"""The colour of the textured glTF cases' texture (where the texture is sampled)."""
+FLAT_RGB = (0, 0, 255)
+"""The colour a wrong texture lookup samples in the TEXCOORD_1 case."""
+
+
+def _box_arrays(size: float = 1.0) -> tuple:
+    import numpy as np
+
+    box = trimesh.creation.box(extents=[size] * 3)
+    pos = np.asarray(box.vertices, np.float32)
+    uv = (pos[:, :2] - pos[:, :2].min(0)) / np.ptp(pos[:, :2], 0)
+    return pos, np.asarray(box.faces, np.uint32), uv.astype(np.float32)
+
+
+class _GltfBuilder:
+    """A minimal glTF 2.0 document (one mesh, one node) with its binary buffer."""
+
+    def __init__(self) -> None:
+        self.blob = bytearray()
+        self.doc: dict = {
+            "asset": {"version": "2.0"},
+            "scene": 0,
+            "scenes": [{"nodes": [0]}],
+            "nodes": [{"mesh": 0}],
+            "meshes": [{"primitives": [{"attributes": {}, "mode": 4}]}],
+            "accessors": [],
+            "bufferViews": [],
+        }
+
+    @property
+    def prim(self) -> dict:
+        return self.doc["meshes"][0]["primitives"][0]
+
+    def view(self, data: bytes) -> int:
+        self.blob += b"\x00" * (-len(self.blob) % 4)
+        self.doc["bufferViews"].append(
+            {"buffer": 0, "byteOffset": len(self.blob), "byteLength": len(data)}
+        )
+        self.blob += data
+        return len(self.doc["bufferViews"]) - 1
+
+    def accessor(self, arr, kind: str, component: int = 5126) -> int:  # type: ignore[no-untyped-def]
+        acc = {
+            "bufferView": self.view(arr.tobytes()),
+            "componentType": component,
+            "count": int(arr.shape[0]),
+            "type": kind,
+        }
+        if kind == "VEC3" and component == 5126:
+            acc["min"], acc["max"] = arr.min(0).tolist(), arr.max(0).tolist()
+        self.doc["accessors"].append(acc)
+        return len(self.doc["accessors"]) - 1
+
+    def box(self, uv: bool = True, uv1=None) -> None:  # type: ignore[no-untyped-def]
+        pos, faces, uv0 = _box_arrays()
+        self.prim["attributes"]["POSITION"] = self.accessor(pos, "VEC3")
+        if uv:
+            self.prim["attributes"]["TEXCOORD_0"] = self.accessor(uv0, "VEC2")
+        if uv1 is not None:
+            self.prim["attributes"]["TEXCOORD_1"] = self.accessor(uv1, "VEC2")
+        self.prim["indices"] = self.accessor(faces.reshape(-1), "SCALAR", 5125)
+
+    def texture(self, png: bytes | None = None, uri: str | None = None, material=None) -> None:  # type: ignore[no-untyped-def]
+        if uri is not None:
+            self.doc["images"] = [{"uri": uri}]
+        else:
+            self.doc["images"] = [{"bufferView": self.view(png or b""), "mimeType": "image/png"}]
+        self.doc["textures"] = [{"source": 0}]
+        self.doc["materials"] = [
+            material
+            or {"pbrMetallicRoughness": {"baseColorTexture": {"index": 0}, "metallicFactor": 0.0}}
+        ]
+        self.prim["material"] = 0
+
+    def glb(self) -> bytes:
+        self.doc["buffers"] = [{"byteLength": len(self.blob)}]
+        return _glb(self.doc, bytes(self.blob))
+
+    def gltf_text(self) -> str:
+        import base64
+
+        b64 = base64.b64encode(bytes(self.blob)).decode()
+        self.doc["buffers"] = [
+            {"byteLength": len(self.blob), "uri": f"data:application/octet-stream;base64,{b64}"}
+        ]
+        return json.dumps(self.doc)
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def draco_glb(garbage: bool = False) -> bytes:
+    """A textured box GLB whose primitive is ``KHR_draco_mesh_compression``-compressed (encoded
+    with ``DracoPy.encode``); the fallback accessors carry counts only, as exporters write them.
+    ``garbage``: the Draco bytes replaced by noise of the same length."""
+    import DracoPy
+    import numpy as np
+
+    pos, faces, uv = _box_arrays()
+    data = DracoPy.encode(pos, faces, tex_coord=uv.astype(np.float64), preserve_order=True)
+    decoded = DracoPy.decode(data)
+    ids = {a["attribute_type"]: a["unique_id"] for a in decoded.attributes}
+    g = _GltfBuilder()
+    if garbage:
+        data = bytes(np.random.default_rng(0).integers(0, 256, len(data), dtype=np.uint8))
+    n_points = len(decoded.points)
+    g.doc["accessors"] = [
+        {
+            "componentType": 5126,
+            "count": n_points,
+            "type": "VEC3",
+            "min": pos.min(0).tolist(),
+            "max": pos.max(0).tolist(),
+        },
+        {"componentType": 5126, "count": n_points, "type": "VEC2"},
+        {"componentType": 5125, "count": int(np.asarray(decoded.faces).size), "type": "SCALAR"},
+    ]
+    g.prim.update(
+        attributes={"POSITION": 0, "TEXCOORD_0": 1},
+        indices=2,
+        extensions={
+            "KHR_draco_mesh_compression": {
+                "bufferView": g.view(data),
+                "attributes": {"POSITION": ids[0], "TEXCOORD_0": ids[3]},
+            }
+        },
+    )
+    g.texture(_png(Image.new("RGB", (8, 8), TEXTURE_RGB)))
+    g.doc["extensionsUsed"] = g.doc["extensionsRequired"] = ["KHR_draco_mesh_compression"]
+    return g.glb()
+
+
+def write_gltf_corpus(folder: Path) -> dict[str, tuple[Path, str]]:
+    """glTF files every backend must refuse: ``{kind: (path, cause)}`` like
+    :func:`write_mesh_corpus` (which includes these)."""
+    import base64
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict[str, tuple[Path, str]] = {}
+    texture = _png(Image.new("RGB", (8, 8), TEXTURE_RGB))
+
+    g = _GltfBuilder()
+    g.box()
+    g.texture(uri="data:image/png;base64," + base64.b64encode(b"\x89PNG not an image").decode())
+    (folder / "data_uri_bad.gltf").write_text(g.gltf_text())
+    out["data_uri_undecodable"] = (folder / "data_uri_bad.gltf", "(data: uri) does not decode")
+    g = _GltfBuilder()
+    g.box()
+    bomb = _png_header_claiming(100_000, 100_000)
+    g.texture(uri="data:image/png;base64," + base64.b64encode(bomb).decode())
+    (folder / "data_uri_bomb.gltf").write_text(g.gltf_text())
+    out["data_uri_bomb"] = (folder / "data_uri_bomb.gltf", "decompression bomb")
+
+    g = _GltfBuilder()
+    g.box()
+    g.texture(texture)
+    g.doc["nodes"] = [{"mesh": 0, "children": [1]}, {"children": [0]}]
+    (folder / "node_cycle.glb").write_bytes(g.glb())
+    out["node_cycle"] = (folder / "node_cycle.glb", "node cycle: node 0 -> 1 -> 0")
+
+    import numpy as np
+
+    g = _GltfBuilder()
+    pos, faces, _ = _box_arrays()
+    faces = faces.copy()
+    faces[0, 0] = 1000
+    g.prim["attributes"]["POSITION"] = g.accessor(pos, "VEC3")
+    g.prim["indices"] = g.accessor(np.ascontiguousarray(faces.reshape(-1)), "SCALAR", 5125)
+    (folder / "index_out_of_range.glb").write_bytes(g.glb())
+    out["index_out_of_range"] = (
+        folder / "index_out_of_range.glb",
+        "index 1000 out of range (8 vertices)",
+    )
+    (folder / "draco_garbage.glb").write_bytes(draco_glb(garbage=True))
+    out["draco_garbage"] = (
+        folder / "draco_garbage.glb",
+        "khr_draco_mesh_compression data does not decode",
+    )
+    return out
+
+
+def write_gltf_feature_corpus(folder: Path) -> dict[str, Path]:
+    """Valid glTF files using features trimesh and Blender treat differently: ``skinned`` (a
+    joint moved 50 units away), ``animated`` (a translation animation to x = 50), ``sparse``
+    (a sparse POSITION accessor growing the box), ``draco``, ``specgloss``
+    (``KHR_materials_pbrSpecularGlossiness`` with only a ``diffuseTexture``), ``texcoord1``
+    (the texture read from ``TEXCOORD_1`` through ``KHR_texture_transform``: sampled right it is
+    :data:`TEXTURE_RGB`, read from ``TEXCOORD_0`` it is :data:`FLAT_RGB`), ``transparent``
+    (base-colour alpha 0, ``alphaMode`` BLEND: an empty render)."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    texture = _png(Image.new("RGB", (8, 8), TEXTURE_RGB))
+
+    def write(kind: str, data: bytes) -> None:
+        out[kind] = folder / f"{kind}.glb"
+        out[kind].write_bytes(data)
+
+    g = _GltfBuilder()
+    g.box()
+    g.texture(texture)
+    n = g.doc["accessors"][0]["count"]
+    joints = np.zeros((n, 4), np.uint16)
+    weights = np.zeros((n, 4), np.float32)
+    weights[:, 0] = 1.0
+    g.prim["attributes"]["JOINTS_0"] = g.accessor(joints, "VEC4", 5123)
+    g.prim["attributes"]["WEIGHTS_0"] = g.accessor(weights, "VEC4")
+    ibm = g.accessor(np.eye(4, dtype=np.float32).reshape(1, 16), "MAT4")
+    g.doc["nodes"] = [{"mesh": 0, "skin": 0}, {"translation": [50.0, 0.0, 0.0]}]
+    g.doc["scenes"][0]["nodes"] = [0, 1]
+    g.doc["skins"] = [{"joints": [1], "inverseBindMatrices": ibm}]
+    write("skinned", g.glb())
+
+    g = _GltfBuilder()
+    g.box()
+    g.texture(texture)
+    times = g.accessor(np.array([[0.0], [1.0]], np.float32), "SCALAR")
+    g.doc["accessors"][times].update(min=[0.0], max=[1.0])
+    moves = g.accessor(np.array([[50, 0, 0], [50, 0, 0]], np.float32), "VEC3")
+    g.doc["animations"] = [
+        {
+            "channels": [{"sampler": 0, "target": {"node": 0, "path": "translation"}}],
+            "samplers": [{"input": times, "output": moves}],
+        }
+    ]
+    write("animated", g.glb())
+
+    g = _GltfBuilder()
+    g.box()
+    g.texture(texture)
+    pos = _box_arrays()[0]
+    top = np.flatnonzero(pos[:, 2] > 0).astype(np.uint32)  # the +z half grows to z = 1.5
+    values = pos[top] + np.array([0, 0, 1.0], np.float32)
+    acc = g.doc["accessors"][g.prim["attributes"]["POSITION"]]
+    acc["sparse"] = {
+        "count": len(top),
+        "indices": {"bufferView": g.view(top.tobytes()), "componentType": 5125},
+        "values": {"bufferView": g.view(values.astype(np.float32).tobytes())},
+    }
+    acc["max"] = [0.5, 0.5, 1.5]
+    write("sparse", g.glb())
+
+    write("draco", draco_glb())
+
+    g = _GltfBuilder()
+    g.box()
+    g.texture(
+        texture,
+        material={
+            "extensions": {"KHR_materials_pbrSpecularGlossiness": {"diffuseTexture": {"index": 0}}}
+        },
+    )
+    g.doc["extensionsUsed"] = ["KHR_materials_pbrSpecularGlossiness"]
+    write("specgloss", g.glb())
+
+    # left half FLAT_RGB, right half TEXTURE_RGB; TEXCOORD_0 points at the left half,
+    # TEXCOORD_1 (scaled 0.4 and offset 0.55 by the transform) into the right half
+    image = Image.new("RGB", (16, 16), FLAT_RGB)
+    image.paste(TEXTURE_RGB, (8, 0, 16, 16))
+    g = _GltfBuilder()
+    uv1 = _box_arrays()[2]
+    g.box(uv=False, uv1=None)
+    g.prim["attributes"]["TEXCOORD_0"] = g.accessor(np.full_like(uv1, 0.1), "VEC2")
+    g.prim["attributes"]["TEXCOORD_1"] = g.accessor(uv1, "VEC2")
+    transform = {"offset": [0.55, 0.05], "scale": [0.4, 0.9], "texCoord": 1}
+    g.texture(
+        _png(image),
+        material={
+            "pbrMetallicRoughness": {
+                "baseColorTexture": {
+                    "index": 0,
+                    "texCoord": 1,
+                    "extensions": {"KHR_texture_transform": transform},
+                },
+                "metallicFactor": 0.0,
+            }
+        },
+    )
+    g.doc["extensionsUsed"] = ["KHR_texture_transform"]
+    write("texcoord1", g.glb())
+
+    g = _GltfBuilder()  # fully transparent: nothing of it shows in any view
+    g.box()
+    g.texture(
+        texture,
+        material={
+            "pbrMetallicRoughness": {
+                "baseColorTexture": {"index": 0},
+                "baseColorFactor": [1.0, 1.0, 1.0, 0.0],
+            },
+            "alphaMode": "BLEND",
+        },
+    )
+    write("transparent", g.glb())
+    return out
