@@ -605,7 +605,9 @@ def test_fbx_is_normalized_by_blender_and_matches_the_glb(tmp_path: Path) -> Non
         "import bpy\n"
         "bpy.ops.wm.read_homefile(use_empty=True)\n"
         f"bpy.ops.import_scene.gltf(filepath={str(glb)!r})\n"
-        f"bpy.ops.export_scene.fbx(filepath={str(fbx)!r})\n"
+        # embedded texture: without it the FBX names a file that does not exist and Blender
+        # would render magenta (refused by the worker's texture report)
+        f"bpy.ops.export_scene.fbx(filepath={str(fbx)!r}, path_mode='COPY', embed_textures=True)\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, timeout=120)
     cam = camera_from_spherical(30, 10, 3.5, 50, 48)
