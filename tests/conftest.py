@@ -45,3 +45,20 @@ def objaverse_manifest(
         )
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny random Zero123++ diffusers folder and a saved ``tiny-mesh`` LRM (built once)."""
+    import torch
+    from test_zero123pp import build_tiny_zero123pp
+
+    from instantmesh import build_model
+    from instantmesh.checkpoint import save_model
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    torch.manual_seed(0)
+    return {
+        "zero123pp": build_tiny_zero123pp(root / "zero123plus-v1.2"),
+        "lrm": save_model(build_model("tiny-mesh"), root / "tiny-mesh"),
+    }

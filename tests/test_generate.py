@@ -11,20 +11,11 @@ import pytest
 import torch
 import trimesh
 from PIL import Image
-from test_zero123pp import build_tiny_zero123pp
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from instantmesh import build_model
-    from instantmesh.checkpoint import save_model
-
-    root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    return {
-        "zero123pp": build_tiny_zero123pp(root / "zero123plus-v1.2"),
-        "lrm": save_model(build_model("tiny-mesh"), root / "tiny-mesh"),
-    }
+@pytest.fixture
+def models(tiny_models: dict[str, Path]) -> dict[str, Path]:
+    return tiny_models
 
 
 def _image(path: Path) -> Path:

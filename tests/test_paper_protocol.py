@@ -9,10 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 import trimesh
 from PIL import Image
-from test_zero123pp import build_tiny_zero123pp
 
 from evaluation.alignment import (
     AXIS_CONVENTIONS,
@@ -143,17 +141,9 @@ def test_mesh_dir_through_the_pipeline_is_protocol_aligned_and_search_reports_se
 # ------------------------------------------------------------------ single image -> mesh
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from instantmesh import build_model
-    from instantmesh.checkpoint import save_model
-
-    root = tmp_path_factory.mktemp("protocol_models")
-    torch.manual_seed(0)
-    return {
-        "zero123pp": build_tiny_zero123pp(root / "zero123plus-v1.2"),
-        "lrm": save_model(build_model("tiny-mesh"), root / "tiny-mesh"),
-    }
+@pytest.fixture
+def models(tiny_models: dict[str, Path]) -> dict[str, Path]:
+    return tiny_models
 
 
 def _instantmesh_args(models: dict[str, Path], gso: Path, run: Path, *extra: str) -> list[str]:
