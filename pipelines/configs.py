@@ -23,7 +23,8 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Iterable
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -38,6 +39,24 @@ NO_HASH = {"hash": False}
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the job's config dataclass."""
+
+
+def registry_choices(names: Iterable[str]) -> Any:
+    """``typing.Literal`` of a registry's names, for a config field's annotation.
+
+    The registry is the single truth: ``--help`` (tyro), YAML loading (:func:`from_dict`) and
+    the tests read the choices from this annotation, so adding a registry entry adds the choice
+    everywhere. Static type checkers see ``str``; use it as::
+
+        if TYPE_CHECKING:
+            BackendName = str
+        else:
+            BackendName = registry_choices(BACKENDS)
+    """
+    choices = tuple(names)
+    if not choices:
+        raise ValueError("a registry with no entries gives no choices")
+    return Literal[choices]  # type: ignore[valid-type]
 
 
 def to_dict(cfg: Any, *, hashed_only: bool = False) -> dict[str, Any]:
