@@ -139,8 +139,8 @@ def turntable_frames(
     """RGB frames of a 360 deg orbit (elevation 20 deg, FOV 30 deg) on white, starting at
     azimuth 0 (the input view's side). ``distance``: orbit the world origin at that radius
     (upstream's video cameras); None: centre the mesh and frame all of it."""
-    from rendering.backends.cpu import rasterize
     from rendering.cameras import camera_from_spherical
+    from rendering.rasterizer import rasterize
 
     fov = 30.0
     mesh = mesh_world.copy()

@@ -7,7 +7,7 @@ centre, no anti-aliasing):
 
 - ``cuda``: nvdiffrast (``rasterize`` -> ``interpolate``), as upstream trains the mesh variants;
   used when the vertices live on a CUDA device and nvdiffrast is importable.
-- ``cpu``: visibility from our CPU z-buffer (``rendering.backends.cpu.visible_faces``, no
+- ``cpu``: visibility from our CPU z-buffer (``rendering.rasterizer.visible_faces``, no
   gradient, like nvdiffrast's rasterizer), then the barycentrics of every covered pixel centre
   are recomputed from the projected vertices **with autograd** and used for perspective-correct
   interpolation. This matches what ``dr.rasterize`` + ``dr.interpolate`` differentiate
@@ -25,6 +25,7 @@ import torch
 import trimesh
 
 from rendering.cameras import Camera
+from rendering.rasterizer import RasterMesh, clip_from_world, projection_matrix, visible_faces
 
 
 @dataclass
@@ -50,8 +51,6 @@ def _camera_tensors(
 def _render_cpu(
     vertices: torch.Tensor, faces: torch.Tensor, attrs: torch.Tensor, camera: Camera
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from rendering.backends.cpu import RasterMesh, visible_faces
-
     h, w = camera.height, camera.width
     n_pix = h * w
     soup = trimesh.Trimesh(
@@ -95,8 +94,6 @@ def _render_cuda(
 ) -> MeshRender:
     import nvdiffrast.torch as dr
 
-    from rendering.backends.nvdiffrast_backend import depth_range, projection_matrix
-
     ctx = dr.RasterizeCudaContext(device=vertices.device)
     homo = torch.cat([vertices, torch.ones_like(vertices[:, :1])], dim=1)
     outs_a, outs_d, outs_m = [], [], []
@@ -104,8 +101,9 @@ def _render_cuda(
     v = vertices.detach().cpu().numpy()
     bounds = np.stack([v.min(axis=0), v.max(axis=0)])
     for cam in cameras:
-        planes = depth_range(bounds, cam) or (1e-3, 1e3)
-        mvp_np = projection_matrix(cam, *planes) @ cam.w2c  # same projection as the backend
+        mvp_np = clip_from_world(cam, bounds)  # the nvdiffrast backend's projection
+        if mvp_np is None:  # everything behind the camera: any planes give an empty image
+            mvp_np = projection_matrix(cam, 1e-3, 1e3) @ cam.w2c
         mvp = torch.as_tensor(mvp_np, dtype=vertices.dtype, device=vertices.device)
         clip = (homo @ mvp.T)[None].contiguous()
         rast, _ = dr.rasterize(ctx, clip, tri, resolution=(cam.height, cam.width))

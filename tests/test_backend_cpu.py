@@ -18,7 +18,7 @@ from PIL import Image
 from trimesh.visual.material import PBRMaterial, SimpleMaterial
 from trimesh.visual.texture import TextureVisuals
 
-import rendering.backends.cpu as cpu
+import rendering.rasterizer as raster
 from rendering import procedural
 from rendering.backends import make_backend, prepare_object
 from rendering.backends.base import RenderError, RenderObject, RenderSettings, View
@@ -237,7 +237,7 @@ def test_shared_edges_get_bitwise_identical_edge_functions() -> None:
         [[0.0, -0.7, -0.6], [0.1, 0.8, -0.5], [-0.2, 0.6, 0.9], [0.05, -0.9, 0.7]]
     ) + rng.normal(scale=0.01, size=(4, 3))
     mesh = RasterMesh.from_geometry(trimesh.Trimesh(vertices, [[0, 1, 2], [0, 2, 3]]))
-    s = cpu._setup(mesh, camera_from_spherical(10.0, 5.0, 3.0, FOV, 64))
+    s = raster._setup(mesh, camera_from_spherical(10.0, 5.0, 3.0, FOV, 64))
     assert s.face.tolist() == [0, 1]
     # shared edge 0-2: opposite corner 1 in face 0 (k=1), opposite corner 3 in face 1 (k=2)
     for field in ("ax", "ay", "dx", "dy"):  # (edge, face) layout
@@ -250,7 +250,7 @@ def test_chunked_rasterization_matches_single_pass(monkeypatch: pytest.MonkeyPat
     mesh = trimesh.creation.icosphere(subdivisions=3, radius=0.9)
     mesh.visual.face_colors = np.random.default_rng(0).integers(0, 256, (len(mesh.faces), 4))
     whole = rasterize(mesh, cam)
-    monkeypatch.setattr(cpu, "PAIR_BUDGET", 1500)  # about 10 chunks
+    monkeypatch.setattr(raster, "PAIR_BUDGET", 1500)  # about 10 chunks
     pieces = rasterize(mesh, cam)
     np.testing.assert_array_equal(whole.rgba, pieces.rgba)
     np.testing.assert_array_equal(whole.depth, pieces.depth)
@@ -285,11 +285,11 @@ def test_nearer_triangle_wins_regardless_of_order(near_first: bool) -> None:
     assert blue.any() and np.allclose(view.depth[blue], 3.5, atol=1e-5)
 
 
-@pytest.mark.parametrize("budget", [cpu.PAIR_BUDGET, 64])
+@pytest.mark.parametrize("budget", [raster.PAIR_BUDGET, 64])
 def test_exact_depth_ties_go_to_the_lowest_face_index(
     budget: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cpu, "PAIR_BUDGET", budget)  # 64: the two faces in different chunks
+    monkeypatch.setattr(raster, "PAIR_BUDGET", budget)  # 64: the two faces in different chunks
     tri = np.array([[0.0, -0.5, -0.5], [0.0, 0.5, -0.5], [0.0, 0.0, 0.5]])
     for first, second in [(RED, BLUE), (BLUE, RED)]:
         mesh = trimesh.Trimesh(
@@ -331,7 +331,7 @@ def test_scene_graph_transforms_are_applied() -> None:
     shifted = RasterMesh.from_geometry(
         scene, trimesh.transformations.translation_matrix([-1.0, 0.0, 0.0])
     )
-    assert cpu.rasterize_raster_mesh(shifted, side_camera()).depth[C, C] == pytest.approx(2.5)
+    assert raster.rasterize_raster_mesh(shifted, side_camera()).depth[C, C] == pytest.approx(2.5)
     assert backend.render_scene(scene, [side_camera()])[0].depth[C, C] == pytest.approx(1.5)
 
 

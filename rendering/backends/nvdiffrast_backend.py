@@ -2,14 +2,15 @@
 
 It produces :class:`~rendering.backends.base.View` arrays with the conventions of
 :mod:`rendering.backends.base` and is built to agree with the ``cpu`` backend
-(:mod:`rendering.backends.cpu`) pixel for pixel up to rasterizer precision: same scene
-flattening (:func:`rendering.backends.cpu.load_raster_mesh`: scene graph, ``file_to_world``,
-the base-colour rules for PBR / simple materials / vertex and face colours, the grey default),
-same texture convention, same binary coverage, same face normals.
+(:mod:`rendering.backends.cpu`) pixel for pixel up to rasterizer precision: both build on
+:mod:`rendering.rasterizer`, so the scene flattening (:func:`~rendering.rasterizer.load_raster_mesh`:
+scene graph, ``file_to_world``, the base-colour rules for PBR / simple materials / vertex and
+face colours, the grey default), the texture convention, the binary coverage and the face
+normals are the same.
 
 How one object is rendered:
 
-- The object becomes a world-space triangle soup (:class:`~rendering.backends.cpu.RasterMesh`):
+- The object becomes a world-space triangle soup (:class:`~rendering.rasterizer.RasterMesh`):
   ``3F`` vertices, triangle ``f`` = vertices ``3f, 3f + 1, 3f + 2``, so per-corner colours and
   UVs are plain vertex attributes. Vertices, colours, UVs and textures go to the GPU once per
   object; cameras are rendered in batches (nvdiffrast's instanced mode, cameras of one size
@@ -43,7 +44,7 @@ How one object is rendered:
   ``((c + 0.5) / W, 1 - (r + 0.5) / H)``); nvdiffrast puts texel centres at
   ``((c + 0.5) / W, (r + 0.5) / H)`` with row 0 the first row of the tensor, so the texture goes
   up as stored (row 0 = image top) with ``v' = 1 - v``: the same bilinear taps and weights as
-  :func:`rendering.backends.cpu.sample_texture`. ``RenderSettings.shading="lit"`` renders unlit
+  :func:`rendering.rasterizer.sample_texture`. ``RenderSettings.shading="lit"`` renders unlit
   too (no lighting model), ``samples`` and ``threads`` are ignored.
 
 Requirements: the ``nvdiffrast`` package (``diffrp-nvdiffrast`` on PyPI: ``pip install
@@ -74,8 +75,8 @@ from rendering.backends.base import (
     RenderSettings,
     View,
 )
-from rendering.backends.cpu import RasterMesh, load_raster_mesh
 from rendering.cameras import Camera
+from rendering.rasterizer import RasterMesh, depth_range, load_raster_mesh, projection_matrix
 
 INSTALL_HINT = "pip install 'instantmesh-pipeline[gpu]'"
 
@@ -86,52 +87,7 @@ VERTEX_BUDGET = 1 << 23
 """At most this many camera-vertices (cameras x 3F) are transformed in one batch (one camera
 per batch is always allowed)."""
 
-DEPTH_MARGIN = 0.01
-"""Relative widening of the bounding-box depth range for the near / far planes."""
-
-MIN_NEAR_FRACTION = 1e-5
-"""``near`` never goes below ``far`` times this (depth-buffer precision)."""
-
 _FLOAT_EXACT_ID = 16777216.0  # 2^24: nvdiffrast stores larger triangle ids bit-cast
-
-
-def projection_matrix(camera: Camera, near: float, far: float) -> np.ndarray:
-    """OpenGL clip-from-camera 4x4 of ``camera`` (horizontal FOV, aspect ``W / H``, square
-    pixels, principal point at the image centre) with depth range ``[near, far]``.
-
-    Maps the OpenGL camera frame (looking down -Z, +Y up) to clip space; NDC x = +-1 at the
-    left / right image borders, y = +-1 at the bottom / top borders, z = -1 / +1 at
-    ``near`` / ``far``; clip ``w`` is the planar depth."""
-    if not 0.0 < near < far:
-        raise ValueError(f"need 0 < near < far, got near={near}, far={far}")
-    t = math.tan(math.radians(camera.fov_deg) / 2.0)
-    aspect = camera.width / camera.height
-    p = np.zeros((4, 4))
-    p[0, 0] = 1.0 / t
-    p[1, 1] = aspect / t
-    p[2, 2] = -(far + near) / (far - near)
-    p[2, 3] = -2.0 * far * near / (far - near)
-    p[3, 2] = -1.0
-    return p
-
-
-def depth_range(bounds: np.ndarray, camera: Camera) -> tuple[float, float] | None:
-    """``(near, far)`` for a world bounding box ``bounds`` ``[min_xyz, max_xyz]`` seen from
-    ``camera`` (see the module docstring), or ``None`` when the whole box is behind the
-    camera (nothing can be visible)."""
-    lo, hi = np.asarray(bounds, dtype=np.float64)
-    corners = np.array(
-        [[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
-    )
-    w2c = camera.w2c
-    depths = -(corners @ w2c[2, :3] + w2c[2, 3])
-    z_min, z_max = float(depths.min()), float(depths.max())
-    if not z_max > 0.0:
-        return None
-    span = max(z_max - z_min, 1e-6 * z_max)
-    far = z_max + DEPTH_MARGIN * span + DEPTH_MARGIN * z_max
-    near = max(z_min - DEPTH_MARGIN * span - DEPTH_MARGIN * z_min, MIN_NEAR_FRACTION * far)
-    return near, far
 
 
 def decode_triangle_ids(channel: torch.Tensor) -> torch.Tensor:
