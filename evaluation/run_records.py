@@ -27,15 +27,21 @@ comparison (:mod:`evaluation.compare`) are all derived from them.
 ``metrics/image_metrics.parquet`` (:data:`IMAGE_METRICS_SCHEMA`)
     ``run_id``, ``predictor``, ``dataset`` (``"gso"`` | ``"omni3d"`` | any other name), ``uid``,
     ``view_set`` (``"orbit"`` | ``"benchmark"``), ``view`` (int32: index of the view in its view
-    set, starting at 0), ``psnr`` (float64, required; ``inf`` for identical images is legal),
-    ``ssim`` (float64, required), ``lpips`` (float64, **null when LPIPS is unavailable**; never a
-    made-up value), ``pred_uri`` / ``gt_uri`` (str or null: URLs of the predicted render and
-    the ground-truth view as image files, PNG preferred; used for thumbnails in the HTML report).
+    set, starting at 0), then one float64 column per **per-view** entry of the metric registry
+    (:data:`evaluation.metric_registry.METRICS`, in its order): ``psnr`` (required; ``inf`` for
+    identical images is legal), ``ssim`` (required), ``lpips`` (**null when LPIPS is
+    unavailable**; never a made-up value), then ``pred_uri`` / ``gt_uri`` (str or null: URLs of
+    the predicted render and the ground-truth view as image files, PNG preferred; used for
+    thumbnails in the HTML report).
 
 ``metrics/geometry_metrics.parquet`` (:data:`GEOMETRY_METRICS_SCHEMA`)
-    ``run_id``, ``predictor``, ``dataset``, ``uid``, ``chamfer``, ``fscore``, ``precision``,
-    ``recall`` (float64, required) and ``fscore_threshold`` (float64, required; 0.2 in the
-    paper protocol). Definitions: :mod:`evaluation.geometry`.
+    ``run_id``, ``predictor``, ``dataset``, ``uid``, one float64 column per **per-object**
+    registry entry: ``chamfer``, ``fscore`` (required), ``chamfer_aligned``, ``fscore_aligned``
+    (null unless evaluated with ``--align search``; a file without these optional columns
+    reads as all null), then ``precision``, ``recall`` (float64, required) and
+    ``fscore_threshold`` (float64, required; 0.2 in the paper protocol). Definitions:
+    :mod:`evaluation.geometry`. The schemas are built by :func:`image_metrics_schema` /
+    :func:`geometry_metrics_schema` from the registry, so a new registry entry is a new column.
 
 ``metrics/objects.parquet`` (:data:`OBJECTS_SCHEMA`)
     ``run_id``, ``predictor``, ``dataset``, ``uid``, ``status`` (``"ok"`` | ``"failed"``),
@@ -92,6 +98,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from evaluation.metric_registry import METRICS, Metric, metric_fields
+
 __all__ = [
     "GEOMETRY_KEY",
     "GEOMETRY_METRICS_SCHEMA",
@@ -106,7 +114,9 @@ __all__ = [
     "RunInfo",
     "RunRecordError",
     "RunRecords",
+    "geometry_metrics_schema",
     "geometry_metrics_table",
+    "image_metrics_schema",
     "image_metrics_table",
     "join_url",
     "objects_table",
@@ -128,28 +138,41 @@ _ID_FIELDS = [
     pa.field("uid", pa.string(), nullable=False),
 ]
 
-IMAGE_METRICS_SCHEMA = pa.schema(
-    [
-        *_ID_FIELDS,
-        pa.field("view_set", pa.string(), nullable=False),
-        pa.field("view", pa.int32(), nullable=False),
-        pa.field("psnr", pa.float64(), nullable=False),
-        pa.field("ssim", pa.float64(), nullable=False),
-        pa.field("lpips", pa.float64(), nullable=True),
-        pa.field("pred_uri", pa.string(), nullable=True),
-        pa.field("gt_uri", pa.string(), nullable=True),
-    ]
-)
-GEOMETRY_METRICS_SCHEMA = pa.schema(
-    [
-        *_ID_FIELDS,
-        pa.field("chamfer", pa.float64(), nullable=False),
-        pa.field("fscore", pa.float64(), nullable=False),
-        pa.field("precision", pa.float64(), nullable=False),
-        pa.field("recall", pa.float64(), nullable=False),
-        pa.field("fscore_threshold", pa.float64(), nullable=False),
-    ]
-)
+
+def image_metrics_schema(registry: Mapping[str, Metric] | None = None) -> pa.Schema:
+    """``image_metrics.parquet``: the ids, ``view_set``, ``view``, one float64 column per
+    per-view metric of the registry (in its order; nullable unless the entry is ``required``),
+    then ``pred_uri`` and ``gt_uri``."""
+    return pa.schema(
+        [
+            *_ID_FIELDS,
+            pa.field("view_set", pa.string(), nullable=False),
+            pa.field("view", pa.int32(), nullable=False),
+            *metric_fields("view", registry),
+            pa.field("pred_uri", pa.string(), nullable=True),
+            pa.field("gt_uri", pa.string(), nullable=True),
+        ]
+    )
+
+
+def geometry_metrics_schema(registry: Mapping[str, Metric] | None = None) -> pa.Schema:
+    """``geometry_metrics.parquet``: the ids, one float64 column per per-object metric of the
+    registry (in its order), then ``precision``, ``recall`` and ``fscore_threshold``."""
+    return pa.schema(
+        [
+            *_ID_FIELDS,
+            *metric_fields("object", registry),
+            pa.field("precision", pa.float64(), nullable=False),
+            pa.field("recall", pa.float64(), nullable=False),
+            pa.field("fscore_threshold", pa.float64(), nullable=False),
+        ]
+    )
+
+
+IMAGE_METRICS_SCHEMA = image_metrics_schema()
+"""The image-metrics schema of the packaged registry (:func:`image_metrics_schema`)."""
+GEOMETRY_METRICS_SCHEMA = geometry_metrics_schema()
+"""The geometry-metrics schema of the packaged registry (:func:`geometry_metrics_schema`)."""
 OBJECTS_SCHEMA = pa.schema(
     [
         *_ID_FIELDS,
@@ -171,11 +194,14 @@ RUN_FILES: dict[str, str] = {
 }
 """Table name -> path of its Parquet file inside a run directory."""
 
-_SCHEMAS: dict[str, tuple[pa.Schema, tuple[str, ...]]] = {
-    "image_metrics": (IMAGE_METRICS_SCHEMA, IMAGE_KEY),
-    "geometry_metrics": (GEOMETRY_METRICS_SCHEMA, GEOMETRY_KEY),
-    "objects": (OBJECTS_SCHEMA, OBJECTS_KEY),
-}
+
+def _schemas() -> dict[str, tuple[pa.Schema, tuple[str, ...]]]:
+    """Table name -> (schema, key columns), read from the registry at call time."""
+    return {
+        "image_metrics": (image_metrics_schema(), IMAGE_KEY),
+        "geometry_metrics": (geometry_metrics_schema(), GEOMETRY_KEY),
+        "objects": (OBJECTS_SCHEMA, OBJECTS_KEY),
+    }
 
 
 class EvaluationInputError(ValueError):
@@ -425,12 +451,12 @@ def _table_from_rows(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa
 
 def image_metrics_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     """Build an image-metrics table from dict rows (missing nullable keys become null)."""
-    return _table_from_rows(rows, IMAGE_METRICS_SCHEMA)
+    return _table_from_rows(rows, image_metrics_schema())
 
 
 def geometry_metrics_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     """Build a geometry-metrics table from dict rows."""
-    return _table_from_rows(rows, GEOMETRY_METRICS_SCHEMA)
+    return _table_from_rows(rows, geometry_metrics_schema())
 
 
 def objects_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
@@ -486,6 +512,11 @@ def _conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
     """Required columns first, cast to the schema types; extra columns kept after them."""
     if not isinstance(table, pa.Table):
         raise RunRecordError(f"{where}: expected a pyarrow Table, got {type(table).__name__}")
+    for name in schema.names:
+        metric = METRICS.get(name)
+        if name not in table.column_names and metric is not None and metric.optional:
+            # a run written before this optional metric existed, or without it: all null
+            table = table.append_column(metric.column, pa.nulls(table.num_rows, pa.float64()))
     missing = [n for n in schema.names if n not in table.column_names]
     if missing:
         raise RunRecordError(f"{where}: missing required column(s) {', '.join(missing)}")
@@ -542,7 +573,7 @@ def validate_records(records: RunRecords) -> RunRecords:
     where = records.uri or f"run {records.info.run_id!r}"
     records.info.validate(join_url(where, RUN_JSON) if records.uri else f"{where} run.json")
     tables = {}
-    for name, (schema, key) in _SCHEMAS.items():
+    for name, (schema, key) in _schemas().items():
         loc = f"{where}: {RUN_FILES[name]}"
         table = _conform(getattr(records, name), schema, loc)
         _check_unique(table, key, loc)

@@ -99,6 +99,8 @@ def test_schemas_have_the_documented_columns() -> None:
     assert GEOMETRY_METRICS_SCHEMA.names[4:] == [
         "chamfer",
         "fscore",
+        "chamfer_aligned",
+        "fscore_aligned",
         "precision",
         "recall",
         "fscore_threshold",
