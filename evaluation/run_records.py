@@ -86,19 +86,20 @@ import dataclasses
 import datetime as dt
 import io
 import json
-import os
-import platform
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from evaluation.metric_registry import METRICS, Metric, metric_fields
+from rendering.provenance import versions as software_versions
+from rendering.urls import atomic_write_bytes as write_bytes_atomic
+from rendering.urls import exists as _exists
+from rendering.urls import join as join_url
+from rendering.urls import read_bytes
 
 __all__ = [
     "GEOMETRY_KEY",
@@ -212,75 +213,7 @@ class RunRecordError(EvaluationInputError):
     """A run directory that is missing, incomplete, or violates the run-records contract."""
 
 
-# --------------------------------------------------------------------------- fsspec helpers
-
-
-def join_url(base: str, *parts: str) -> str:
-    """Join URL/path components with '/' (local paths and ``scheme://`` URLs alike)."""
-    out = base.rstrip("/")
-    for part in parts:
-        part = part.strip("/")
-        if part:
-            out = f"{out}/{part}"
-    return out
-
-
-def _is_local(fs: Any) -> bool:
-    proto = fs.protocol
-    return "file" in ((proto,) if isinstance(proto, str) else tuple(proto))
-
-
-def read_bytes(url: str) -> bytes:
-    """The content of the file at ``url`` (FileNotFoundError when absent)."""
-    fs, path = fsspec.core.url_to_fs(url)
-    with fs.open(path, "rb") as f:
-        data: bytes = f.read()
-    return data
-
-
-def _exists(url: str) -> bool:
-    fs, path = fsspec.core.url_to_fs(url)
-    return bool(fs.exists(path))
-
-
-def write_bytes_atomic(url: str, data: bytes) -> None:
-    """Write ``data`` to ``url`` so readers see nothing or the whole file (temp + rename)."""
-    fs, path = fsspec.core.url_to_fs(url)
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    try:
-        if _is_local(fs):
-            os.replace(tmp, path)
-        else:
-            fs.mv(tmp, path)
-    finally:
-        if fs.exists(tmp):
-            fs.rm(tmp)
-
-
 # --------------------------------------------------------------------------- run.json
-
-
-def _package_version() -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("instantmesh-pipeline")
-    except PackageNotFoundError:
-        return None
-
-
-def _dist_version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
 
 
 @dataclass
@@ -315,13 +248,10 @@ class RunInfo:
         versions: Mapping[str, str | None] | None = None,
     ) -> RunInfo:
         """A new run's metadata: ``created_at`` = now (UTC); ``versions`` pre-filled with
-        ``python``, ``torch`` and ``package`` (read from installed distribution metadata, so
-        nothing heavy is imported), updated with ``versions``."""
-        vers: dict[str, str | None] = {
-            "python": platform.python_version(),
-            "torch": _dist_version("torch"),
-            "package": _package_version(),
-        }
+        ``python``, ``torch`` and ``package`` (:func:`rendering.provenance.versions`: read from
+        installed distribution metadata, so nothing heavy is imported), updated with
+        ``versions``."""
+        vers = software_versions()
         vers.update(versions or {})
         return cls(
             run_id=run_id,
@@ -661,8 +591,7 @@ def read_run(run_uri: str) -> RunRecords:
     Raises :class:`RunRecordError` when the directory, ``run.json`` or a table is missing
     (naming the missing file) or when the contents violate the contract.
     """
-    fs, path = fsspec.core.url_to_fs(run_uri)
-    if not fs.exists(path):
+    if not _exists(run_uri):
         raise RunRecordError(f"run directory not found: {run_uri}")
     meta_url = join_url(run_uri, RUN_JSON)
     if not _exists(meta_url):

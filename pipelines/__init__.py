@@ -5,11 +5,9 @@ This is the only package that knows Ray. It maps the plain-Python libraries (`re
 item and stage, publishes outputs atomically and resumes interrupted jobs.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from rendering.provenance import dist_version
 
-try:
-    __version__ = version("instantmesh-pipeline")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+unknown"
+# "0.0.0+unknown": running from a source tree that was not installed.
+__version__ = dist_version() or "0.0.0+unknown"
 
 __all__ = ["__version__"]

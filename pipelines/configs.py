@@ -8,28 +8,26 @@ Conventions shared by every job config:
   ``field(..., metadata=NO_HASH)`` (worker counts, progress display, cluster address) are left
   out, so re-running a job with more workers resumes instead of redoing everything.
 - ``write_resolved_config(cfg, url)`` writes the resolved config next to the outputs together
-  with provenance (package version, git commit, Python, command line, time).
+  with provenance (``rendering.provenance``: package version, git commit, Python, torch,
+  command line, time).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import hashlib
 import json
-import platform
-import subprocess
-import sys
 import types
 import typing
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
 
-from pipelines import __version__
 from pipelines.storage import atomic_write_text
+from rendering.provenance import git_commit as git_commit  # re-exported: one implementation
+from rendering.provenance import provenance
 
 T = TypeVar("T")
 
@@ -206,34 +204,6 @@ def load_config(cls: type[T], path: str | Path) -> T:
     if isinstance(data, dict):
         data.pop("_provenance", None)
     return from_dict(cls, data, where=str(path))
-
-
-def git_commit() -> str | None:
-    """The git commit of the source tree this package runs from, if it is a git checkout."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def provenance() -> dict[str, Any]:
-    return {
-        "package": "instantmesh-pipeline",
-        "version": __version__,
-        "git_commit": git_commit(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "command": " ".join(sys.argv),
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
 
 
 def write_resolved_config(cfg: Any, url: str) -> None:

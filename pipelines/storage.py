@@ -27,10 +27,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import fsspec
-from fsspec import AbstractFileSystem
-
 from rendering.uids import uid_problem
+from rendering.urls import atomic_write_bytes, filesystem, is_local_fs, join, read_bytes
+from rendering.urls import exists as exists  # the job layer's names for the shared helpers
+from rendering.urls import is_local as is_local
 
 MARKER_NAME = "_SUCCESS.json"
 STAGING_DIR = ".staging"
@@ -60,74 +60,13 @@ def check_uid(uid: str) -> str:
     return uid
 
 
-def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
-    """Return the fsspec filesystem for ``url`` and the path inside it."""
-    fs, path = fsspec.core.url_to_fs(url)
-    return fs, path
-
-
-def is_local(url: str) -> bool:
-    fs, _ = filesystem(url)
-    return "file" in _protocols(fs)
-
-
-def _protocols(fs: AbstractFileSystem) -> tuple[str, ...]:
-    proto = fs.protocol
-    return (proto,) if isinstance(proto, str) else tuple(proto)
-
-
-def join(base: str, *parts: str) -> str:
-    """Join URL/path components with '/' (works for local paths and ``scheme://`` URLs)."""
-    out = base.rstrip("/")
-    for part in parts:
-        part = part.strip("/")
-        if part:
-            out = f"{out}/{part}"
-    return out
-
-
-def exists(url: str) -> bool:
-    fs, path = filesystem(url)
-    return bool(fs.exists(path))
-
-
 def makedirs(url: str) -> None:
     fs, path = filesystem(url)
     fs.makedirs(path, exist_ok=True)
 
 
-def read_bytes(url: str) -> bytes:
-    fs, path = filesystem(url)
-    with fs.open(path, "rb") as f:
-        data: bytes = f.read()
-    return data
-
-
 def read_text(url: str) -> str:
     return read_bytes(url).decode("utf-8")
-
-
-def atomic_write_bytes(url: str, data: bytes) -> None:
-    """Write ``data`` to ``url`` so that readers see either nothing or the whole file.
-
-    The bytes go to a uniquely named temporary sibling first and are then renamed into place
-    (an ``os.replace`` locally; a single object PUT/copy on object stores).
-    """
-    fs, path = filesystem(url)
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    try:
-        if "file" in _protocols(fs):
-            os.replace(tmp, path)
-        else:
-            fs.mv(tmp, path)
-    finally:
-        if fs.exists(tmp):
-            fs.rm(tmp)
 
 
 def atomic_write_text(url: str, text: str) -> None:
@@ -139,7 +78,7 @@ def list_files(url: str, suffix: str = "") -> list[str]:
     fs, path = filesystem(url)
     if not fs.exists(path):
         return []
-    local = "file" in _protocols(fs)
+    local = is_local_fs(fs)
     out = []
     for name in fs.ls(path, detail=False):
         base = name.rstrip("/").rsplit("/", 1)[-1]
@@ -318,7 +257,7 @@ def publish_dir(local_dir: str | Path, final_url: str, marker: Mapping[str, Any]
         for p in sorted(local_dir.rglob("*"))
         if p.is_file()
     }
-    local = "file" in _protocols(fs)
+    local = is_local_fs(fs)
     try:
         if local:
             honour_umask(local_dir)
@@ -365,7 +304,7 @@ def local_path(url: str, scratch_dir: str | Path | None = None) -> tuple[Path, b
     system temp dir). Returns ``(path, is_temporary)``; the caller deletes temporary copies.
     """
     fs, path = filesystem(url)
-    if "file" in _protocols(fs):
+    if is_local_fs(fs):
         return Path(path), False
     import tempfile
 
