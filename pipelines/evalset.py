@@ -25,10 +25,11 @@ image metrics against an untextured GT would be meaningless; the report counts i
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -53,6 +54,7 @@ from evaluation.evalsets import (
 from pipelines import storage
 from pipelines.configs import NO_HASH, ConfigError, write_resolved_config
 from pipelines.fingerprint import file_digest, fingerprint, mesh_fingerprint
+from pipelines.render import BackendName, backend_help, worker_gpus
 from pipelines.runner import RunOptions, StageReport, run_stage
 from pipelines.schema import write_parquet
 from pipelines.stage import ItemContext, Stage
@@ -87,8 +89,14 @@ class EvalsetConfig:
     """Omni3D: first N objects (lowest indices) per category (paper: 5)."""
     list: str | None = None
     """Reuse exactly the objects of a saved selection.json instead of selecting."""
-    backend: Literal["cpu", "blender", "nvdiffrast"] = "cpu"
-    """Renderer of the GT views (predictions are rendered with the same one in `evaluate`)."""
+    backend: Annotated[
+        BackendName,
+        backend_help(
+            "Renderer of the GT views (`evaluate` renders the predictions with the same one "
+            "and the same shading, size and samples unless told otherwise)."
+        ),
+    ] = "cpu"
+    """Renderer of the GT views (choices: ``rendering.backends.BACKENDS``)."""
     size: int = 320
     """View size in pixels (paper: 320)."""
     shading: Literal["lit", "unlit"] = "unlit"
@@ -240,6 +248,12 @@ BUILD_STAGE = Stage(
 )
 
 
+def build_stage(cfg: EvalsetConfig) -> Stage:
+    """:data:`BUILD_STAGE` with the GPUs per worker of ``cfg.backend``'s registry entry
+    (``pipelines.render.worker_gpus``), as ``imesh render`` reserves them."""
+    return dataclasses.replace(BUILD_STAGE, num_gpus=worker_gpus(cfg.backend))
+
+
 def select_objects(cfg: EvalsetConfig) -> tuple[Any, EvalSetSpec]:
     spec = cfg.spec()
     if cfg.list:
@@ -272,6 +286,7 @@ def run_evalset(cfg: EvalsetConfig) -> StageReport:
         "backend": cfg.backend,
         "shading": cfg.shading,
         "size": cfg.size,
+        "samples": cfg.samples,
     }
     storage.atomic_write_text(storage.join(set_dir, "evalset.json"), json.dumps(info, indent=1))
-    return run_stage(BUILD_STAGE, cfg, manifest, set_dir, cfg.run)
+    return run_stage(build_stage(cfg), cfg, manifest, set_dir, cfg.run)

@@ -19,21 +19,26 @@ Outputs under ``<out>``::
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import pyarrow as pa
+from tyro.conf import arg
 
 from pipelines import storage
-from pipelines.configs import NO_HASH, ConfigError
+from pipelines.configs import NO_HASH, ConfigError, registry_choices
 from pipelines.fingerprint import file_digest, fingerprint, mesh_fingerprint, sha256_hex
 from pipelines.runner import RunOptions, StageReport, run_stage
 from pipelines.schema import manifest_from_rows, read_manifest, write_parquet
 from pipelines.stage import ItemContext, Stage
 from rendering.backends import (
+    BACKENDS,
     BackendUnavailable,
     RenderSettings,
+    backend_entry,
+    describe_backends,
     make_backend,
     prepare_object,
     unavailable_reason,
@@ -58,11 +63,28 @@ NATIVE_ONLY_SUFFIXES = (".fbx",)
 REFUSED_SUFFIXES = (".blend",)
 """Scene files that are listed (so each gets a failed status row saying why) but never opened:
 a .blend can carry auto-run Python."""
-GPU_BACKENDS = ("nvdiffrast",)
 EMPTY_VIEW_COVERAGE = 1e-4
 """A view whose alpha coverage is at most this (0.01 % of the pixels: ~10 px at 320^2) is
 empty; an object with an empty view fails whatever ``--min-coverage`` says (an empty render
 was published as ``ok`` for skinned, animated and sparse glTF files)."""
+
+if TYPE_CHECKING:
+    BackendName = str
+else:
+    BackendName = registry_choices(BACKENDS)
+"""A render backend's registry name (``rendering.backends.BACKENDS``)."""
+
+
+def backend_help(purpose: str) -> Any:
+    """``--help`` of a ``backend`` field: ``purpose``, then every registry entry's description
+    (``Annotated[BackendName, backend_help(...)]``; tyro shows it instead of the docstring)."""
+    return arg(help=f"{purpose} {describe_backends()}.")
+
+
+def worker_gpus(backend: str) -> float:
+    """GPUs each worker of a job rendering with ``backend`` reserves on a cluster: one when
+    its registry entry ``needs_gpu``, else none."""
+    return 1.0 if backend_entry(backend).needs_gpu else 0.0
 
 
 @dataclass
@@ -79,9 +101,8 @@ class RenderConfig:
     """instantmesh32: 32 random training views (rendering_random_32views); zero123pp: condition
     + 6 targets, white background (rendering_zero123plus); eval: input view + 21 orbit views
     (+ benchmark views) (eval_views)."""
-    backend: Literal["blender", "nvdiffrast", "cpu"] = "blender"
-    """blender: bpy Cycles (dataset renders); nvdiffrast: GPU rasterizer; cpu: software
-    rasterizer (unlit; evaluation renders without GPU or bpy)."""
+    backend: Annotated[BackendName, backend_help("Renderer.")] = "blender"
+    """The renderer (choices and descriptions: ``rendering.backends.BACKENDS``)."""
     size: int | None = None
     """Image size in pixels (square); default 512 (instantmesh32) or 320 (zero123pp, eval)."""
     views: int = 32
@@ -150,7 +171,8 @@ RESULT_SCHEMA = pa.schema(
 
 def _setup(cfg: RenderConfig) -> Any:
     kwargs: dict[str, Any] = {}
-    if cfg.backend == "blender":
+    # Backends running worker processes (blender) take the recycling period.
+    if "max_objects_per_worker" in inspect.signature(backend_entry(cfg.backend).load()).parameters:
         kwargs["max_objects_per_worker"] = cfg.max_objects_per_worker
     return make_backend(cfg.backend, cfg.settings(), **kwargs)
 
@@ -229,8 +251,8 @@ def validate_render(scratch: Path, result: dict[str, Any]) -> None:
 
 
 def render_stage(cfg: RenderConfig) -> Stage:
-    """The render stage for ``cfg``'s layout and backend (resources declared per backend)."""
-    gpus = 1.0 if cfg.backend in GPU_BACKENDS else 0.0
+    """The render stage for ``cfg``'s layout and backend (GPUs per worker from the backend's
+    registry entry: :func:`worker_gpus`)."""
     return Stage(
         name=f"render-{cfg.layout}",
         process=render_item,
@@ -239,7 +261,7 @@ def render_stage(cfg: RenderConfig) -> Stage:
         setup=_setup,
         validate=validate_render,
         num_cpus=cfg.cpus_per_worker,
-        num_gpus=gpus,
+        num_gpus=worker_gpus(cfg.backend),
         input_fingerprint=render_inputs,
     )
 
