@@ -42,7 +42,7 @@ import dataclasses
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -63,6 +63,14 @@ LAYOUT_DIRS: dict[str, str] = {
 """Layout name -> output folder (under the job's output root)."""
 
 DEFAULT_SIZES: dict[str, int] = {"instantmesh32": 512, "zero123pp": 320, "eval": 320}
+
+VIEW_FILE_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "instantmesh32": ("", "_depth16", "_normal", "_depth"),
+    "zero123pp": ("",),
+    "eval": ("", "_depth16"),
+}
+"""Files written per view, by layout: ``<stem><suffix>.png`` for each suffix (the lists above);
+``cameras.npz`` per view set and ``render.json`` per object come beside them."""
 
 UNIT_SPHERE_SCALE = 1.0 / math.sqrt(3.0)
 """Scale that puts the normalized box [-1, 1]^3 inside the unit sphere. The Zero123++ / eval
@@ -225,14 +233,15 @@ def write_view_set(
         )
     target = folder / vs.name if vs.name else folder
     target.mkdir(parents=True, exist_ok=True)
-    with_maps = spec.layout != "zero123pp"
+    encoders: dict[str, Callable[[View], bytes]] = {
+        "": lambda v: _png(rgba_u8(v, spec.white_background), "RGBA"),
+        "_depth16": lambda v: _png(depth_codes(v, 65536)),
+        "_normal": lambda v: _png(normal_u8(v), "RGBA"),
+        "_depth": lambda v: _png(depth_codes(v, 256), "L"),
+    }
     for stem, view in zip(vs.file_names, views, strict=True):
-        (target / f"{stem}.png").write_bytes(_png(rgba_u8(view, spec.white_background), "RGBA"))
-        if with_maps:
-            (target / f"{stem}_depth16.png").write_bytes(_png(depth_codes(view, 65536)))
-        if spec.layout == "instantmesh32":
-            (target / f"{stem}_normal.png").write_bytes(_png(normal_u8(view), "RGBA"))
-            (target / f"{stem}_depth.png").write_bytes(_png(depth_codes(view, 256), "L"))
+        for suffix in VIEW_FILE_SUFFIXES[spec.layout]:
+            (target / f"{stem}{suffix}.png").write_bytes(encoders[suffix](view))
     (target / "cameras.npz").write_bytes(cameras_npz(vs.cameras))
     return [v.coverage for v in views]
 
