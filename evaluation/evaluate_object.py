@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import trimesh
 from PIL import Image
+from trimesh.visual.color import ColorVisuals
 
 from evaluation.alignment import FRAMES, Frame, refine_icp, search_alignment
 from evaluation.geometry import chamfer_fscore, geometry_metrics, threshold_key
@@ -60,6 +61,10 @@ class EvalOptions:
     background: float = 1.0
     device: str | None = None
     """Torch device of the image metrics (None: CUDA when visible, else CPU)."""
+    image_size: int | None = None
+    """Width of the prediction renders and of the compared images (height in proportion); the
+    GT views are resampled to it (box filter on premultiplied RGBA). None: the GT views' size
+    (the protocol; anything else is an explicit, recorded deviation)."""
 
 
 @dataclass
@@ -87,6 +92,32 @@ def read_rgba(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
 
 
+def resized_views(
+    cameras: Sequence[Camera], images: np.ndarray, width: int
+) -> tuple[list[Camera], np.ndarray]:
+    """``cameras`` at image width ``width`` (same pose and FOV; height in proportion) and the
+    (N, H, W, 4) float RGBA ``images`` resampled to that size: box filter on premultiplied
+    colour, so the transparent background does not bleed into the object's edge."""
+    height = max(1, round(width * cameras[0].height / cameras[0].width))
+    cams = [Camera.from_c2w(c.c2w, c.fov_deg, (width, height), c.name) for c in cameras]
+    out = []
+    for image in images:
+        premultiplied = np.concatenate([image[..., :3] * image[..., 3:], image[..., 3:]], axis=-1)
+        channels = [
+            np.asarray(
+                Image.fromarray(premultiplied[..., k].astype(np.float32), mode="F").resize(
+                    (width, height), Image.Resampling.BOX
+                )
+            )
+            for k in range(4)
+        ]
+        small = np.stack(channels, axis=-1)
+        alpha = small[..., 3:]
+        rgb = np.where(alpha > 0, small[..., :3] / np.maximum(alpha, 1e-12), 0.0)
+        out.append(np.concatenate([np.clip(rgb, 0.0, 1.0), np.clip(alpha, 0.0, 1.0)], axis=-1))
+    return cams, np.stack(out).astype(np.float32)
+
+
 def convention_frame_name(frame: str) -> Frame:
     """``frame`` checked against :data:`evaluation.alignment.FRAMES`."""
     for known in FRAMES:
@@ -99,10 +130,21 @@ def render_mesh(
     backend: Any, mesh_world: trimesh.Trimesh, cameras: Sequence[Camera], object_scale: float = 1.0
 ) -> list[Any]:
     """Render a mesh given in world coordinates with ``backend``, placed like the GT views'
-    object: normalized into [-1, 1]^3 (``prepare_object``), then scaled by ``object_scale``."""
+    object: normalized into [-1, 1]^3 (``prepare_object``), then scaled by ``object_scale``.
+
+    The backend reads a file: a vertex-coloured mesh goes through a (Z-up) PLY, whose byte
+    colours every backend reads as the sRGB values they are (predicted colours are display
+    values); in a glTF they would be ``COLOR_0``, which Blender, following the glTF spec,
+    decodes as linear (a render ~0.1 brighter than the rasterizers'). Anything else (textures)
+    goes through a glTF."""
     with tempfile.TemporaryDirectory(prefix="imesh-pred-") as tmp:
-        path = Path(tmp) / "pred.glb"
-        path.write_bytes(world_mesh_glb_bytes(mesh_world))
+        visual = getattr(mesh_world, "visual", None)
+        if isinstance(visual, ColorVisuals) and visual.kind == "vertex":
+            path = Path(tmp) / "pred.ply"
+            path.write_bytes(mesh_world.export(file_type="ply"))
+        else:
+            path = Path(tmp) / "pred.glb"
+            path.write_bytes(world_mesh_glb_bytes(mesh_world))
         obj, _ = prepare_object(path)
         if object_scale != 1.0:
             scale = np.diag([object_scale] * 3 + [1.0])
@@ -126,6 +168,8 @@ def evaluate_object(
         cams = view_set_cameras(object_dir, vs)
         files = record["view_sets"][vs]["files"]
         gt_images = np.stack([read_rgba(object_dir / vs / f"{f}.png") for f in files])
+        if options.image_size is not None and options.image_size != cams[0].width:
+            cams, gt_images = resized_views(cams, gt_images, options.image_size)
         rendered = render_mesh(backend, pred_world, cams, float(record.get("object_scale", 1.0)))
         pred_u8 = [rgba_u8(v) for v in rendered]
         pred_images = np.stack(pred_u8).astype(np.float32) / 255.0
