@@ -180,12 +180,13 @@ def _run_filter(cfg: Any) -> int:
     from rich.markdown import Markdown
 
     from pipelines import storage
-    from pipelines.filter import run_filter
+    from pipelines.filter import check_filter_config, run_filter
     from pipelines.ray_session import ray_session
     from pipelines.summary import make_console
 
+    table = check_filter_config(cfg)  # bad input fails before Ray starts, nothing written
     with ray_session(cfg.address):
-        result = run_filter(cfg)
+        result = run_filter(cfg, table)
     console = make_console()
     console.print(Markdown(storage.read_text(storage.join(cfg.out, "funnel.md"))))
     console.print(
@@ -309,6 +310,11 @@ COMMANDS: dict[str, Command] = {
         _run_render,
         "Render objects: 32 training views / Zero123++ / eval views (blender|nvdiffrast|cpu).",
     ),
+    "shards": Command(
+        _lazy("pipelines.shards", "ShardsConfig"),
+        _run_module("pipelines.shards", "main_shards"),
+        "Pack a finished render stage into WebDataset tar shards + index (resumable, on Ray).",
+    ),
     "evalset": Command(
         _lazy("pipelines.evalset", "EvalsetConfig"),
         _run_evalset,
@@ -348,6 +354,11 @@ COMMANDS: dict[str, Command] = {
         _lazy("pipelines.compare", "CompareConfig"),
         _run_module("pipelines.compare", "run_compare"),
         "Compare two evaluation runs; exit 3 on a regression (the nightly check).",
+    ),
+    "plan": Command(
+        _lazy("pipelines.plan", "PlanConfig"),
+        _run_module("pipelines.plan", "run_plan"),
+        "Wall time, worker-hours and cost of a target from a finished stage's timings (no Ray).",
     ),
 }
 
