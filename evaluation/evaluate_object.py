@@ -141,7 +141,7 @@ def render_mesh(
         visual = getattr(mesh_world, "visual", None)
         if isinstance(visual, ColorVisuals) and visual.kind == "vertex":
             path = Path(tmp) / "pred.ply"
-            path.write_bytes(mesh_world.export(file_type="ply"))
+            mesh_world.export(path, file_type="ply")
         else:
             path = Path(tmp) / "pred.glb"
             path.write_bytes(world_mesh_glb_bytes(mesh_world))
