@@ -5,16 +5,21 @@ dataset (compare runs of one predictor; otherwise :class:`CompareError`). Only o
 status is ``ok`` in *both* runs and that have the metric in both runs are paired; pairs where
 either value is not finite (e.g. PSNR ``inf``) are left out and counted.
 
-Per object value. Image metrics (PSNR, SSIM, LPIPS): the object's mean over its views in the
-view set (``orbit`` or ``benchmark``). Geometry metrics (Chamfer Distance, F-Score): the
-object's value; these are reported under the pseudo view set ``"3d"``.
+Metrics, directions and default tolerances come from the metric registry
+(:data:`evaluation.metric_registry.METRICS`). Per object value. Per-view (image) metrics
+(PSNR, SSIM, LPIPS): the object's mean over its views in the view set (``orbit`` or
+``benchmark``). Per-object (geometry) metrics (Chamfer Distance, F-Score, and the best-aligned
+``chamfer_aligned`` / ``fscore_aligned``): the object's value; these are reported under the
+pseudo view set ``"3d"``. Optional metrics (the aligned ones) are compared only when either run
+has values for the dataset.
 
 Statistics, per (dataset, view_set, metric) with paired per-object values ``b_i`` and ``n_i``:
 
 * ``delta_i = n_i - b_i``; ``mean_delta`` = mean of the deltas (raw units, new minus
   baseline);
-* ``oriented_i = s * delta_i`` with ``s = +1`` for PSNR, SSIM, F-Score (higher is better) and
-  ``s = -1`` for LPIPS, Chamfer Distance (lower is better), so **positive = better**;
+* ``oriented_i = s * delta_i`` with the entry's sign ``s``: ``+1`` when higher is better
+  (PSNR, SSIM, F-Score), ``-1`` when lower is better (LPIPS, Chamfer Distance), so
+  **positive = better**;
   ``oriented_delta`` = mean of ``oriented_i``;
 * a **paired bootstrap** CI of ``oriented_delta``: ``resamples`` (default 2000) resamples of
   the n objects with replacement (numpy ``default_rng(seed)``, default seed 0, vectorised),
@@ -24,7 +29,8 @@ Statistics, per (dataset, view_set, metric) with paired per-object values ``b_i`
   distribution for n <= 50 without ties or zero deltas, normal approximation otherwise), 1.0
   when every delta is zero; informational only (the verdict does not use it).
 
-Verdict with ``t = max_drop`` of the metric (:class:`Thresholds`):
+Verdict with ``t = max_drop`` of the metric (:class:`Thresholds`; defaults: the registry
+entries' ``max_drop``, overridden key by key by a thresholds YAML):
 
 * ``regression``  when ``oriented_delta < -t`` **and** ``ci_high < 0`` (the mean got worse by
   more than the tolerance, and the whole confidence interval lies on the worse side of zero);
@@ -57,11 +63,9 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 
+from evaluation.metric_registry import METRICS, Metric, default_max_drop, metric_names
 from evaluation.run_records import EvaluationInputError, RunRecords, read_bytes
 from evaluation.tables import (
-    GEOMETRY_METRICS,
-    IMAGE_METRICS,
-    METRICS,
     format_value,
     object_status,
     per_object_geometry,
@@ -79,12 +83,16 @@ __all__ = [
     "ThresholdsError",
     "bootstrap_ci",
     "compare_runs",
+    "default_thresholds",
+    "default_thresholds_yaml",
     "load_thresholds",
 ]
 
 DEFAULT_THRESHOLDS = Path(__file__).resolve().parent / "data" / "default_thresholds.yaml"
-"""Packaged defaults: psnr 0.5 dB, ssim 0.01, lpips 0.01, chamfer 0.005, fscore 0.01,
-max_new_failures 0, 2000 bootstrap resamples at 95%, seed 0."""
+"""The packaged defaults as a YAML file to copy and edit: generated from the registry
+(:func:`default_thresholds_yaml`; a test keeps it equal), e.g. psnr 0.5 dB, ssim 0.01,
+lpips 0.01, chamfer 0.005, fscore 0.01, max_new_failures 0, 2000 bootstrap resamples at 95%,
+seed 0."""
 
 GEOMETRY_VIEW_SET = "3d"
 """The ``view_set`` label of per-object geometry metrics in comparisons."""
@@ -105,7 +113,7 @@ class CompareError(EvaluationInputError):
 
 @dataclass
 class Thresholds:
-    """Regression thresholds (see ``evaluation/data/default_thresholds.yaml``)."""
+    """Regression thresholds (defaults: :func:`default_thresholds`)."""
 
     max_drop: dict[str, float]
     """Metric -> largest tolerated worsening of the mean, in the metric's units (>= 0)."""
@@ -173,26 +181,77 @@ def _merge_thresholds(base: Thresholds, data: Any, where: str) -> Thresholds:
                 out.seed = s
         else:
             raise ThresholdsError(
-                f"{where}: unknown key {key!r}; expected metrics {list(METRICS)}, "
-                "max_new_failures or bootstrap"
+                f"{where}: unknown key {key!r}; expected metrics {list(METRICS)} "
+                "(evaluation/metric_registry.py), max_new_failures or bootstrap"
             )
     return out
+
+
+def default_thresholds(registry: Mapping[str, Metric] | None = None) -> Thresholds:
+    """The defaults: every registry entry's ``max_drop``, and the :class:`Thresholds` field
+    defaults (max_new_failures 0, 2000 resamples, 95 %, seed 0)."""
+    return Thresholds(max_drop=default_max_drop(registry))
+
+
+def _yaml_number(value: float) -> str:
+    return format(value, "g")
+
+
+def default_thresholds_yaml(registry: Mapping[str, Metric] | None = None) -> str:
+    """The text of :data:`DEFAULT_THRESHOLDS`, generated from the registry and
+    :func:`default_thresholds` (regenerate the file with ``python -c "from evaluation.compare
+    import *; DEFAULT_THRESHOLDS.write_text(default_thresholds_yaml())"``)."""
+    reg = METRICS if registry is None else registry
+    th = default_thresholds(reg)
+    units = {"length": "length in the normalized [-1,1]^3 frame"}
+    lines = [
+        "# Default regression thresholds for `imesh compare` (evaluation/compare.py).",
+        "# GENERATED from the metric registry (evaluation/metric_registry.py): edit the entries",
+        "# there, then regenerate this file (tests/test_metric_registry.py checks they agree).",
+        "#",
+        "# Per metric, `max_drop` is the largest tolerated worsening of the mean per-object value,",
+        '# in the metric\'s own units, in the "worse" direction (higher-is-better metrics going',
+        "# down, lower-is-better ones going up). A metric is a REGRESSION only when BOTH",
+        "#   (1) the paired mean change (new - baseline, oriented so that positive = better) is",
+        "#       below -max_drop, and",
+        "#   (2) the upper end of its paired-bootstrap confidence interval is below zero",
+        "#       (the whole interval lies on the worse side of zero).",
+        "# The mirror image (above +max_drop and the lower CI end above zero) is an IMPROVEMENT;",
+        "# anything else is NO_CHANGE.",
+        "#",
+        "# `max_new_failures`: the run regresses when more than this many objects that were ok in",
+        "# the baseline are failed (or absent) in the new run, whatever the metrics say.",
+        "#",
+        "# A user file given with `imesh compare --thresholds FILE` overrides these values key by",
+        "# key; metrics it does not name keep the defaults below.",
+        "",
+    ]
+    for m in reg.values():
+        better = "higher" if m.higher_is_better else "lower"
+        unit = units.get(m.unit, m.unit) or "unitless"
+        lines.append(
+            f"{m.name}: {{max_drop: {_yaml_number(th.max_drop[m.name])}}}"
+            f"  # {m.label} ({unit}), {better} is better"
+        )
+    lines += [
+        f"max_new_failures: {th.max_new_failures}",
+        "",
+        "bootstrap:",
+        f"  resamples: {th.resamples}  # paired bootstrap resamples of the per-object deltas",
+        f"  confidence: {_yaml_number(th.confidence)}  # two-sided percentile interval",
+        f"  seed: {th.seed}  # fixed: the same two runs always give the same interval",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def load_thresholds(
     source: str | Path | Mapping[str, Any] | Thresholds | None = None,
 ) -> Thresholds:
-    """Thresholds from the packaged defaults, overridden key by key by ``source`` (a YAML
-    path/URL or a parsed mapping). Raises :class:`ThresholdsError`."""
+    """Thresholds from the registry defaults (:func:`default_thresholds`), overridden key by
+    key by ``source`` (a YAML path/URL or a parsed mapping). Raises :class:`ThresholdsError`."""
     if isinstance(source, Thresholds):
         return source
-    empty = Thresholds(max_drop={})
-    defaults = _merge_thresholds(
-        empty, _read_yaml(DEFAULT_THRESHOLDS, "thresholds"), str(DEFAULT_THRESHOLDS)
-    )
-    missing = [m for m in METRICS if m not in defaults.max_drop]
-    if missing:  # pragma: no cover - the packaged file names every metric
-        raise ThresholdsError(f"{DEFAULT_THRESHOLDS}: no max_drop for {missing}")
+    defaults = default_thresholds()
     if source is None:
         return defaults
     if isinstance(source, str | Path):
@@ -475,7 +534,7 @@ def _compare_metric(
             continue
         b_vals.append(bv)
         n_vals.append(nv)
-    max_drop = th.max_drop[metric]
+    max_drop = th.max_drop.get(metric, METRICS[metric].max_drop)
     if note is not None or not b_vals:
         return MetricComparison(
             dataset,
@@ -540,6 +599,20 @@ def _errors(records: RunRecords) -> dict[tuple[str, str], str]:
     return out
 
 
+def _compared(
+    names: Sequence[str],
+    base: Mapping[str, Mapping[str, float | None]],
+    new: Mapping[str, Mapping[str, float | None]],
+) -> list[str]:
+    """``names`` without the optional metrics that neither run has a value of."""
+    return [
+        m
+        for m in names
+        if not METRICS[m].optional
+        or any(v.get(m) is not None for objs in (base, new) for v in objs.values())
+    ]
+
+
 def compare_runs(
     baseline: RunRecords,
     new: RunRecords,
@@ -597,13 +670,13 @@ def compare_runs(
         for vs in view_sets:
             b_objs = img_b.get((pred_b.get(ds, ""), ds, vs), {})
             n_objs = img_n.get((pred_n.get(ds, ""), ds, vs), {})
-            for m in IMAGE_METRICS:
+            for m in _compared(metric_names("view"), b_objs, n_objs):
                 note = lpips_note if m == "lpips" else None
                 metrics.append(_compare_metric(ds, vs, m, b_objs, n_objs, paired_ok, th, note))
         gb = geo_b.get((pred_b.get(ds, ""), ds), {})
         gn = geo_n.get((pred_n.get(ds, ""), ds), {})
         if gb or gn:
-            for m in GEOMETRY_METRICS:
+            for m in _compared(metric_names("object"), gb, gn):
                 metrics.append(_compare_metric(ds, GEOMETRY_VIEW_SET, m, gb, gn, paired_ok, th))
     return CompareResult(
         baseline_run_id=baseline.run_id,

@@ -35,16 +35,15 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.metric_registry import METRICS, metric_names
 from evaluation.run_records import RunRecords, join_url, read_bytes, write_bytes_atomic
 from evaluation.tables import (
-    GEOMETRY_METRICS,
-    IMAGE_METRICS,
-    METRICS,
     MISSING,
     UNAVAILABLE,
     Reference,
     Table,
     format_value,
+    lpips_hints,
     object_status,
     paper_tables,
     per_object_geometry,
@@ -220,7 +219,8 @@ def _runs_section(records_list: Sequence[RunRecords]) -> str:
             (
                 "LPIPS",
                 f"{info.lpips_backbone or 'none'}"
-                + ("" if info.lpips_usable else " (not usable: values not shown)"),
+                + ("" if info.lpips_usable else " (not usable: values not shown)")
+                + "".join(f". {hint}" for hint in lpips_hints([r])),
             ),
             ("location", r.uri or "(in memory)"),
         ]
@@ -264,16 +264,15 @@ def _distributions_section(records_list: Sequence[RunRecords]) -> str:
         geometry = per_object_geometry(r)
         for (pred, ds, vs), objs in sorted(images.items()):
             charts = []
-            for m in IMAGE_METRICS:
-                if m == "lpips" and not r.info.lpips_usable:
-                    continue
+            for m in metric_names("view"):
                 vals: list[float] = [x for v in objs.values() if (x := v[m]) is not None]
-                charts.append(_svg_histogram(vals, m, f"{METRICS[m].header} ({vs})"))
+                if vals or METRICS[m].required:
+                    charts.append(_svg_histogram(vals, m, f"{METRICS[m].header} ({vs})"))
             geo = geometry.get((pred, ds), {}) if vs == "orbit" else {}
-            for m in GEOMETRY_METRICS if geo else ():
-                charts.append(
-                    _svg_histogram([g[m] for g in geo.values()], m, f"{METRICS[m].header} (3D)")
-                )
+            for m in metric_names("object") if geo else ():
+                gvals: list[float] = [x for g in geo.values() if (x := g[m]) is not None]
+                if gvals or METRICS[m].required:
+                    charts.append(_svg_histogram(gvals, m, f"{METRICS[m].header} (3D)"))
             out.append(f"<h3>{_e(r.info.run_id)} · {_e(pred)} · {_e(ds)} · {_e(vs)} views</h3>")
             out.append(
                 '<div class="hists">'
@@ -396,7 +395,8 @@ def _objects_section(
                 lists.append((f"Lowest PSNR (worst {worst_k})", by_psnr[:worst_k]))
                 if vs == "orbit" and geo:
                     by_cd = sorted(
-                        (u for u in objs if u in geo), key=lambda u: (-geo[u]["chamfer"], u)
+                        (u for u in objs if u in geo),
+                        key=lambda u: (-(geo[u]["chamfer"] or 0.0), u),
                     )
                     lists.append((f"Highest Chamfer Distance (worst {worst_k})", by_cd[:worst_k]))
             shown = {u for _, us in lists for u in us}
@@ -409,10 +409,12 @@ def _objects_section(
                 out.append(f"<h4>{_e(title)}</h4><div class='cards'>")
                 for u in uids:
                     metrics: dict[str, float | None] = {
-                        m: objs[u][m] for m in IMAGE_METRICS if m != "lpips" or r.info.lpips_usable
+                        m: v for m in metric_names("view") if (v := objs[u][m]) is not None
                     }
                     if u in geo and vs == "orbit":
-                        metrics.update({m: geo[u][m] for m in GEOMETRY_METRICS})
+                        metrics.update(
+                            {m: v for m in metric_names("object") if (v := geo[u][m]) is not None}
+                        )
                     out.append(
                         _object_card(
                             u,

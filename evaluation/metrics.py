@@ -44,6 +44,7 @@ import functools
 import hashlib
 import os
 import re
+import shlex
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -63,6 +64,7 @@ __all__ = [
     "load_lpips",
     "lpips_backbone_path",
     "lpips_distance",
+    "lpips_install_hint",
     "mean_metrics",
     "psnr",
     "ssim",
@@ -316,6 +318,22 @@ def lpips_backbone_path(lpips_net: str = DEFAULT_LPIPS_NET) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
+def lpips_install_hint(lpips_net: str = DEFAULT_LPIPS_NET) -> str:
+    """What LPIPS with ``lpips_net`` needs, where it goes, and the one command that installs it
+    from a local copy (nothing is downloaded), e.g. ``LPIPS (vgg) needs torchvision's
+    vgg16-397923af.pth in ~/.cache/torch/hub/checkpoints ...: mkdir -p DIR && cp
+    /path/to/vgg16-397923af.pth DIR/``. The directory is :func:`lpips_backbone_path`'s
+    (``$TORCH_HOME`` moves it). Used by the LPIPS error, the report notes and the summary."""
+    base, _ = _parse_lpips_net(lpips_net)
+    path = lpips_backbone_path(base)
+    directory = shlex.quote(str(path.parent))
+    return (
+        f"LPIPS ({base}) needs torchvision's {path.name} in {path.parent} (never downloaded "
+        f"here; $TORCH_HOME moves that directory). Install it from a local copy: "
+        f"mkdir -p {directory} && cp /path/to/{path.name} {directory}/"
+    )
+
+
 def _check_hash_prefix(path: Path) -> None:
     """torchvision file names end in the first hex digits of the file's SHA-256; check them."""
     match = re.search(r"-([a-f0-9]{6,})\.", path.name)
@@ -362,8 +380,8 @@ def _load_lpips_cached(base: str, random_trunk: bool, device: str, path: str | N
     if path is not None and not os.path.isfile(path):
         raise LpipsUnavailable(
             f"LPIPS backbone weights for net={base!r} not found: expected {path} "
-            f"(torchvision file from {_torchvision_weights_url(base)}; set TORCH_HOME or copy "
-            "the file there; this library never downloads it). Report LPIPS as unavailable."
+            f"(torchvision's file from {_torchvision_weights_url(base)}). "
+            f"{lpips_install_hint(base)} Until then LPIPS is reported unavailable."
         )
     import lpips as lpips_pkg
 

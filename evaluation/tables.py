@@ -2,10 +2,16 @@
 
 Aggregation (per run, predictor, dataset and view set; :func:`paper_tables`):
 
-* **Image metrics** (PSNR, SSIM, LPIPS): first the mean over the views of one object (all
-  views of that object in the view set), then the plain mean of those per-object means over
-  the objects. Every object therefore weighs the same whatever its number of views.
-* **Geometry metrics** (Chamfer Distance, F-Score): one value per object; mean over objects.
+* **Columns** come from the metric registry (:data:`evaluation.metric_registry.METRICS`):
+  its labels, arrows, formats and directions. A registry entry marked ``optional`` (the
+  best-aligned ``CD aligned`` / ``FS aligned`` of ``--align search``) gets a column only in
+  tables where one of the shown runs has values for it.
+* **Image metrics** (per-view entries: PSNR, SSIM, LPIPS): first the mean over the views of
+  one object (all views of that object in the view set), then the plain mean of those
+  per-object means over the objects. Every object therefore weighs the same whatever its
+  number of views.
+* **Geometry metrics** (per-object entries: Chamfer Distance, F-Score): one value per object;
+  mean over objects.
 * **Which objects count**: only objects whose status is ``ok`` *and* that have every metric
   the table needs (image rows in the view set; a geometry row when the table has geometry
   columns and the run has geometry rows at all). All columns of a row are averaged over that
@@ -16,13 +22,21 @@ Aggregation (per run, predictor, dataset and view set; :func:`paper_tables`):
   silently.
 * **LPIPS** is shown only when the run says LPIPS was available with a real backbone
   (``lpips_available`` and a backbone not ending in ``-random``) and every counted object has
-  LPIPS values; otherwise the cell reads ``n/a`` and a note says why. The LPIPS backbone of
+  LPIPS values; otherwise the cell reads ``n/a`` and a note says why and, when the backbone
+  weights were absent, which file is needed, where it goes and the command that installs it
+  from a local copy (:func:`evaluation.metrics.lpips_install_hint`). The LPIPS backbone of
   each run is listed under the table (the paper's is unknown: LPIPS numbers from different
   backbones are not comparable).
 * Non-finite values propagate: an object with identical prediction and GT has PSNR ``inf``,
   and so does the mean. Numbers are printed as PSNR ``.2f``, others ``.3f``.
 
-Empty reference cells (``null`` in the YAML: not verified from the paper) print as ``–``.
+Row labels say each thing once: ``visual-hull (ours)`` when the run id repeats the predictor,
+variant or run label, else ``instantmesh/mesh-large (ours, nightly-3)``.
+
+Reference rows are shown only when they hold a number in one of the table's cells; empty
+reference cells (``null`` in the YAML: not verified from the paper) print as ``–``. A table
+whose reference rows hold no number at all shows none of them and one note instead: the
+paper's numbers are not on file, and where to add them.
 Bold (LaTeX) marks the best displayed value per column among the shown rows (reference and
 ours, ties all bold; only when at least two rows have a value).
 
@@ -45,10 +59,12 @@ from typing import Any
 import numpy as np
 import yaml
 
-from evaluation.run_records import EvaluationInputError, RunRecords, read_bytes
+from evaluation.metric_registry import METRICS, Metric, metric_names
+from evaluation.run_records import EvaluationInputError, RunInfo, RunRecords, read_bytes
 
 __all__ = [
     "DEFAULT_REFERENCE",
+    "GEOMETRY_EXTRA",
     "GEOMETRY_METRICS",
     "IMAGE_METRICS",
     "METRICS",
@@ -60,6 +76,7 @@ __all__ = [
     "TableRow",
     "format_value",
     "load_reference",
+    "lpips_hints",
     "paper_tables",
     "per_object_geometry",
     "per_object_image_means",
@@ -71,33 +88,14 @@ DEFAULT_REFERENCE = Path(__file__).resolve().parent / "data" / "paper_reference.
 """The packaged reference file (InstantMesh paper, arXiv 2404.07191)."""
 
 
-@dataclass(frozen=True)
-class MetricSpec:
-    name: str
-    header: str
-    higher_is_better: bool
-    fmt: str
-    kind: str  # "image" | "geometry"
-
-    @property
-    def arrow(self) -> str:
-        return "↑" if self.higher_is_better else "↓"
-
-    @property
-    def sign(self) -> float:
-        """+1 when higher is better, -1 when lower is better."""
-        return 1.0 if self.higher_is_better else -1.0
-
-
-METRICS: dict[str, MetricSpec] = {
-    "psnr": MetricSpec("psnr", "PSNR", True, ".2f", "image"),
-    "ssim": MetricSpec("ssim", "SSIM", True, ".3f", "image"),
-    "lpips": MetricSpec("lpips", "LPIPS", False, ".3f", "image"),
-    "chamfer": MetricSpec("chamfer", "CD", False, ".3f", "geometry"),
-    "fscore": MetricSpec("fscore", "FS", True, ".3f", "geometry"),
-}
-IMAGE_METRICS: tuple[str, ...] = ("psnr", "ssim", "lpips")
-GEOMETRY_METRICS: tuple[str, ...] = ("chamfer", "fscore")
+MetricSpec = Metric
+"""Former name of a metric entry (now :class:`evaluation.metric_registry.Metric`)."""
+IMAGE_METRICS: tuple[str, ...] = metric_names("view", optional=False)
+"""The per-view (image) metrics every run has: psnr, ssim, lpips (from the registry)."""
+GEOMETRY_METRICS: tuple[str, ...] = metric_names("object", optional=False)
+"""The per-object (geometry) metrics every run has: chamfer, fscore (from the registry)."""
+GEOMETRY_EXTRA: tuple[str, ...] = ("precision", "recall", "fscore_threshold")
+"""Per-object columns beside the geometry metrics (not table columns)."""
 
 MISSING = "–"
 """Cell text for a value nobody has (a null reference cell, or no object to average)."""
@@ -112,7 +110,7 @@ class ReferenceFileError(EvaluationInputError):
 
 def format_value(metric: str, value: float | None) -> str:
     """Display text of one cell: ``–`` for None, ``inf``/``nan`` as such, else the metric's
-    format (PSNR ``.2f``, others ``.3f``)."""
+    registry format (PSNR ``.2f``, others ``.3f``)."""
     if value is None:
         return MISSING
     if math.isnan(value):
@@ -128,49 +126,53 @@ def format_value(metric: str, value: float | None) -> str:
 def per_object_image_means(
     records: RunRecords,
 ) -> dict[tuple[str, str, str], dict[str, dict[str, float | None]]]:
-    """``{(predictor, dataset, view_set): {uid: {metric: mean over the object's views}}}``.
+    """``{(predictor, dataset, view_set): {uid: {metric: mean over the object's views}}}``
+    for every per-view metric of the registry.
 
-    Also holds ``"n_views"`` per object. An object's LPIPS is None when any of its views has
-    no LPIPS value or the run's LPIPS is not usable (unavailable or a random trunk).
+    Also holds ``"n_views"`` per object. An object's value of a metric is None when any of its
+    views has no value, or when the run's values are not usable (LPIPS unavailable or from a
+    random trunk).
     """
     t = records.image_metrics
     cols = {c: t.column(c).to_pylist() for c in ("predictor", "dataset", "uid", "view_set")}
-    vals = {m: t.column(m).to_numpy(zero_copy_only=False) for m in ("psnr", "ssim")}
-    lp = t.column("lpips").to_pylist()
+    view_metrics = [m for m in metric_names("view") if _usable(records.info, m)]
+    vals = {m: t.column(m).to_numpy(zero_copy_only=False).astype(np.float64) for m in view_metrics}
+    nulls = {m: t.column(m).is_null().to_numpy(zero_copy_only=False) for m in view_metrics}
     groups: dict[tuple[str, str, str, str], list[int]] = defaultdict(list)
     for i, key in enumerate(
         zip(cols["predictor"], cols["dataset"], cols["view_set"], cols["uid"], strict=True)
     ):
         groups[key].append(i)
-    usable = records.info.lpips_usable
     out: dict[tuple[str, str, str], dict[str, dict[str, float | None]]] = defaultdict(dict)
     for (pred, ds, vs, uid), idx in groups.items():
         ia = np.asarray(idx)
-        obj: dict[str, float | None] = {
-            m: float(np.mean(vals[m][ia].astype(np.float64))) for m in ("psnr", "ssim")
-        }
-        lps = [lp[i] for i in idx]
-        obj["lpips"] = (
-            float(np.mean(np.asarray(lps, dtype=np.float64)))
-            if usable and all(v is not None for v in lps)
-            else None
-        )
+        obj: dict[str, float | None] = dict.fromkeys(metric_names("view"))
+        for m in view_metrics:
+            if not nulls[m][ia].any():
+                obj[m] = float(np.mean(vals[m][ia]))
         obj["n_views"] = float(len(idx))
         out[(pred, ds, vs)][uid] = obj
     return dict(out)
 
 
+def _usable(info: RunInfo, metric: str) -> bool:
+    """Whether a run's values of ``metric`` are real numbers (LPIPS: available and not from a
+    random trunk; every other metric: yes)."""
+    return info.lpips_usable if metric == "lpips" else True
+
+
 def per_object_geometry(
     records: RunRecords,
-) -> dict[tuple[str, str], dict[str, dict[str, float]]]:
-    """``{(predictor, dataset): {uid: {chamfer, fscore, precision, recall, fscore_threshold}}}``."""
+) -> dict[tuple[str, str], dict[str, dict[str, float | None]]]:
+    """``{(predictor, dataset): {uid: {metric: value}}}`` for every per-object metric of the
+    registry (None where an optional metric was not computed) and :data:`GEOMETRY_EXTRA`."""
     t = records.geometry_metrics
-    names = ("chamfer", "fscore", "precision", "recall", "fscore_threshold")
+    names = (*metric_names("object"), *GEOMETRY_EXTRA)
     data = {c: t.column(c).to_pylist() for c in ("predictor", "dataset", "uid", *names)}
-    out: dict[tuple[str, str], dict[str, dict[str, float]]] = defaultdict(dict)
+    out: dict[tuple[str, str], dict[str, dict[str, float | None]]] = defaultdict(dict)
     for i in range(t.num_rows):
         out[(data["predictor"][i], data["dataset"][i])][data["uid"][i]] = {
-            n: float(data[n][i]) for n in names
+            n: None if data[n][i] is None else float(data[n][i]) for n in names
         }
     return dict(out)
 
@@ -212,8 +214,8 @@ class Reference:
     tables: list[ReferenceTable]
     path: str | None = None
 
-    def source_text(self, table: ReferenceTable | None = None) -> str:
-        """e.g. ``arXiv 2404.07191 v2, Table 2 (verified)``."""
+    def citation(self, table: ReferenceTable | None = None) -> str:
+        """e.g. ``arXiv 2404.07191 v2, Table 2``."""
         src = {**self.source, **(table.source if table else {})}
         parts = []
         if src.get("arxiv"):
@@ -224,9 +226,16 @@ class Reference:
             parts.append(str(src["paper"]))
         if table is not None and table.paper_table is not None:
             parts.append(f"Table {table.paper_table}")
-        text = ", ".join(parts) or "unspecified source"
+        return ", ".join(parts) or "unspecified source"
+
+    def source_text(self, table: ReferenceTable | None = None) -> str:
+        """e.g. ``arXiv 2404.07191 v2, Table 2 (verified)``."""
+        src = {**self.source, **(table.source if table else {})}
         verified = bool(src.get("verified"))
-        return f"{text} ({'verified' if verified else 'not verified: empty cells are unknown'})"
+        return (
+            f"{self.citation(table)} "
+            f"({'verified' if verified else 'not verified: empty cells are unknown'})"
+        )
 
 
 _TABLE_KEYS = {"key", "title", "paper_table", "dataset", "view_set", "metrics", "rows", "source"}
@@ -281,7 +290,10 @@ def _parse_table(raw: Any, where: str) -> ReferenceTable:
         raise ReferenceFileError(f"{where}: 'metrics' must be a non-empty list")
     bad = [m for m in metrics if m not in METRICS]
     if bad:
-        raise ReferenceFileError(f"{where}: unknown metric(s) {bad}; expected from {list(METRICS)}")
+        raise ReferenceFileError(
+            f"{where}: unknown metric(s) {bad}; expected from {list(METRICS)} "
+            "(evaluation/metric_registry.py)"
+        )
     rows = []
     for j, r in enumerate(raw.get("rows") or []):
         loc = f"{where}.rows[{j}]"
@@ -533,9 +545,47 @@ def tables_to_latex(tables: Sequence[Table]) -> str:
 
 
 def _row_label(records: RunRecords, predictor: str) -> str:
+    """``<run label> (ours, <run id>)``, the run id left out when the label already says it
+    (a run directory named after its predictor or variant): each thing once."""
     info = records.info
     name = info.label if predictor == info.predictor else predictor
-    return f"{name} (ours, {info.run_id})"
+    said = {predictor, name}
+    if predictor == info.predictor and info.variant:
+        said |= {info.variant, f"{info.predictor}/{info.variant}"}
+    return f"{name} (ours)" if info.run_id in said else f"{name} (ours, {info.run_id})"
+
+
+ImageMeans = Mapping[tuple[str, str, str], Mapping[str, Mapping[str, float | None]]]
+GeometryValues = Mapping[tuple[str, str], Mapping[str, Mapping[str, float | None]]]
+
+
+def _requested_lpips_net(info: RunInfo) -> str | None:
+    """The ``lpips_net`` the run's evaluate config asked for (None when not recorded)."""
+    evaluate = info.config.get("evaluate")
+    if isinstance(evaluate, Mapping):
+        for cfg in evaluate.values():
+            if isinstance(cfg, Mapping) and isinstance(cfg.get("lpips_net"), str):
+                return str(cfg["lpips_net"])
+    return None
+
+
+def _lpips_missing_net(info: RunInfo) -> str | None:
+    """The real backbone whose weights a run lacked (None when LPIPS is usable, was switched
+    off, or came from a random trunk)."""
+    if info.lpips_usable or info.lpips_available:
+        return None
+    from evaluation.metrics import DEFAULT_LPIPS_NET, LPIPS_NETS
+
+    net = _requested_lpips_net(info) or DEFAULT_LPIPS_NET
+    return net if net in LPIPS_NETS else None
+
+
+def _lpips_row_note(info: RunInfo) -> str:
+    if info.lpips_available:
+        return "LPIPS from a random trunk (wiring test): meaningless, not shown"
+    if _lpips_missing_net(info) is None and (_requested_lpips_net(info) or "").lower() == "none":
+        return "LPIPS not computed in this run (--lpips-net none)"
+    return "LPIPS unavailable in this run (backbone weights absent; see the LPIPS note)"
 
 
 def _our_rows(
@@ -543,13 +593,13 @@ def _our_rows(
     dataset: str,
     view_set: str,
     metrics: Sequence[str],
-    images: Mapping[tuple[str, str, str], Mapping[str, Mapping[str, float | None]]],
-    geometry: Mapping[tuple[str, str], Mapping[str, Mapping[str, float]]],
+    images: ImageMeans,
+    geometry: GeometryValues,
     status: Mapping[tuple[str, str], Mapping[str, str]],
 ) -> list[TableRow]:
     rows = []
-    image_metrics = [m for m in metrics if METRICS[m].kind == "image"]
-    geometry_metrics = [m for m in metrics if METRICS[m].kind == "geometry"]
+    image_metrics = [m for m in metrics if METRICS[m].scope == "view"]
+    geometry_metrics = [m for m in metrics if METRICS[m].scope == "object"]
     for predictor, ds in sorted(status):
         if ds != dataset:
             continue
@@ -571,36 +621,30 @@ def _our_rows(
         unavailable: set[str] = set()
         notes: list[str] = []
         for m in metrics:
-            if METRICS[m].kind == "image":
-                per_obj = [img[u][m] for u in counted]
-            else:
-                per_obj = [geo[u][m] for u in counted] if need_geometry else []
-            if m == "lpips" and not records.info.lpips_usable:
+            spec = METRICS[m]
+            if not _usable(records.info, m) or (spec.scope == "object" and not need_geometry):
                 unavailable.add(m)
                 values[m] = None
                 continue
-            if m in GEOMETRY_METRICS and not need_geometry:
+            per_obj = [(img if spec.scope == "view" else geo)[u][m] for u in counted]
+            if spec.optional and per_obj and all(v is None for v in per_obj):
                 unavailable.add(m)
                 values[m] = None
+                notes.append(f"{label}: {spec.label} not computed in this run.")
                 continue
             if any(v is None for v in per_obj):
                 unavailable.add(m)
                 values[m] = None
                 k = sum(v is None for v in per_obj)
-                notes.append(f"{label}: {METRICS[m].header} missing for {k} object(s); not shown.")
+                notes.append(f"{label}: {spec.label} missing for {k} object(s); not shown.")
                 continue
             values[m] = float(np.mean(np.asarray(per_obj, dtype=np.float64))) if per_obj else None
         if "lpips" in metrics and not records.info.lpips_usable:
-            why = (
-                "LPIPS from a random trunk (wiring test): meaningless, not shown"
-                if records.info.lpips_available
-                else "LPIPS unavailable in this run (backbone weights absent)"
-            )
-            notes.append(f"{label}: {why}.")
+            notes.append(f"{label}: {_lpips_row_note(records.info)}.")
         if geometry_metrics and not need_geometry:
             notes.append(f"{label}: no geometry metrics in this run.")
         if need_geometry and counted:
-            thresholds = sorted({geo[u]["fscore_threshold"] for u in counted})
+            thresholds = sorted({float(geo[u]["fscore_threshold"] or 0.0) for u in counted})
             if thresholds != [0.2]:
                 shown = ", ".join(format(t, "g") for t in thresholds)
                 notes.append(f"{label}: F-Score threshold(s) {shown} (paper protocol: 0.2).")
@@ -639,6 +683,34 @@ def _our_rows(
     return rows
 
 
+def _with_optional(
+    metrics: Sequence[str],
+    dataset: str,
+    view_set: str,
+    prepared: Sequence[tuple[RunRecords, ImageMeans, GeometryValues, Any]],
+) -> tuple[str, ...]:
+    """``metrics`` plus the registry's optional metrics of the same scopes for which a run has
+    a value in this dataset (and view set), in registry order."""
+    scopes = {METRICS[m].scope for m in metrics}
+
+    def has_values(m: str) -> bool:
+        for _r, img, geo, _st in prepared:
+            if METRICS[m].scope == "view":
+                groups = [o for (_p, ds, vs), o in img.items() if ds == dataset and vs == view_set]
+            else:
+                groups = [o for (_p, ds), o in geo.items() if ds == dataset]
+            if any(v.get(m) is not None for objs in groups for v in objs.values()):
+                return True
+        return False
+
+    extra = {
+        m
+        for m in metric_names(optional=True)
+        if METRICS[m].scope in scopes and m not in metrics and has_values(m)
+    }
+    return (*metrics, *(m for m in METRICS if m in extra))
+
+
 def paper_tables(
     records_list: Iterable[RunRecords],
     reference: Reference | str | Path | Mapping[str, Any] | None = None,
@@ -653,7 +725,8 @@ def paper_tables(
 
     Returns: one :class:`Table` per reference table that has our rows or at least one
     non-null reference cell, in reference order, then one table per further (dataset,
-    view_set) of our runs (sorted), without reference rows.
+    view_set) of our runs (sorted), without reference rows. Reference rows without a number
+    in any of the table's cells are left out (a note says so when none is left).
     """
     ref = reference if isinstance(reference, Reference) else load_reference(reference)
     runs = list(records_list)
@@ -664,25 +737,26 @@ def paper_tables(
     covered: set[tuple[str, str]] = set()
     for rt in ref.tables:
         covered.add((rt.dataset, rt.view_set))
+        metrics = _with_optional(rt.metrics, rt.dataset, rt.view_set, prepared)
         ours = []
         for r, img, geo, st in prepared:
-            ours += _our_rows(r, rt.dataset, rt.view_set, rt.metrics, img, geo, st)
-        has_ref_values = any(v is not None for row in rt.rows for v in row.values.values())
-        if not ours and not has_ref_values:
-            continue
+            ours += _our_rows(r, rt.dataset, rt.view_set, metrics, img, geo, st)
         ref_rows = [
             TableRow(label=row.method, values=dict(row.values), is_reference=True)
             for row in rt.rows
+            if any(v is not None for v in row.values.values())
         ]
+        if not ours and not ref_rows:
+            continue
         tables.append(
             Table(
                 key=rt.key,
                 title=rt.title,
                 dataset=rt.dataset,
                 view_set=rt.view_set,
-                metrics=rt.metrics,
+                metrics=metrics,
                 rows=ref_rows + ours,
-                notes=_table_notes(ref, rt, [p[0] for p in prepared], rt.metrics),
+                notes=_table_notes(ref, rt, bool(ref_rows), runs, metrics),
                 source=ref.source_text(rt),
             )
         )
@@ -694,7 +768,8 @@ def paper_tables(
         with_images = {ds for (_p, ds, _vs) in img}
         extra |= {(ds, "orbit") for (_p, ds) in st if ds not in with_images | covered_datasets}
     for ds, vs in sorted(extra):
-        metrics = IMAGE_METRICS + (GEOMETRY_METRICS if vs == "orbit" else ())
+        base = IMAGE_METRICS + (GEOMETRY_METRICS if vs == "orbit" else ())
+        metrics = _with_optional(base, ds, vs, prepared)
         ours = []
         for r, img, geo, st in prepared:
             ours += _our_rows(r, ds, vs, metrics, img, geo, st)
@@ -706,7 +781,7 @@ def paper_tables(
                 view_set=vs,
                 metrics=metrics,
                 rows=ours,
-                notes=_table_notes(None, None, runs, metrics),
+                notes=_table_notes(None, None, False, runs, metrics),
             )
         )
     return tables
@@ -715,12 +790,20 @@ def paper_tables(
 def _table_notes(
     ref: Reference | None,
     rt: ReferenceTable | None,
+    shows_reference: bool,
     runs: Sequence[RunRecords],
     metrics: Sequence[str],
 ) -> list[str]:
     notes = []
     if ref is not None and rt is not None:
-        notes.append(f"Reference rows: {ref.source_text(rt)}; {MISSING} = no number on file.")
+        if shows_reference:
+            notes.append(f"Reference rows: {ref.source_text(rt)}; {MISSING} = no number on file.")
+        else:
+            where = ref.path or "the reference YAML"
+            notes.append(
+                f"The paper's numbers ({ref.citation(rt)}) are not on file: copy them from the "
+                f"paper into {where} (or a copy of it passed with imesh report --reference FILE)."
+            )
     notes.append(
         "Ours: image metrics are the mean over objects of each object's mean over its views; "
         "geometry metrics the mean over objects; only ok objects with every metric are averaged."
@@ -733,6 +816,25 @@ def _table_notes(
             + (f"; paper: {ref_bb}" if ref is not None else "")
             + " (different backbones are not comparable)."
         )
+        notes.extend(lpips_hints(runs))
     if "fscore" in metrics:
         notes.append("CD = Chamfer Distance, FS = F-Score at 0.2 unless a row note says otherwise.")
+    if any(METRICS[m].optional for m in metrics if METRICS[m].scope == "object"):
+        notes.append(
+            "CD aligned / FS aligned: after the best-alignment search (imesh evaluate --align "
+            "search), beside the protocol numbers."
+        )
     return notes
+
+
+def lpips_hints(runs: Iterable[RunRecords]) -> list[str]:
+    """One line per LPIPS backbone whose weights the runs lacked: the file needed, where it goes
+    and the command that installs it from a local copy (:func:`evaluation.metrics.
+    lpips_install_hint`), followed by the re-run that fills the column."""
+    from evaluation.metrics import lpips_install_hint
+
+    nets = sorted({n for r in runs if (n := _lpips_missing_net(r.info)) is not None})
+    return [
+        f"{lpips_install_hint(net)}, then re-run imesh evaluate (finished renders are reused)."
+        for net in nets
+    ]

@@ -14,12 +14,31 @@ once ``pipelines.errors.USER_ERRORS`` lists it); 1 unexpected error.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
+
+import tyro
 
 from pipelines import storage
 from pipelines.configs import NO_HASH, write_resolved_config
 
 REGRESSION_EXIT_CODE = 3
 """Exit code of ``imesh compare`` when the new run regressed (distinct from 1 and 2)."""
+
+
+def thresholds_help() -> str:
+    """Help of ``--thresholds``: the metric keys and their defaults, read from the registry."""
+    from evaluation.metric_registry import METRICS
+
+    defaults = ", ".join(
+        f"{m.name} {m.max_drop:g}" + (f" {m.unit}" if m.unit == "dB" else "")
+        for m in METRICS.values()
+    )
+    return (
+        "Thresholds YAML (URL): '{metric: {max_drop: x}}' per metric, 'max_new_failures: n', "
+        "optional 'bootstrap: {resamples, confidence, seed}'. Keys it omits keep the defaults "
+        f"of the metric registry ({defaults}; max_new_failures 0), written out in "
+        "evaluation/data/default_thresholds.yaml (a copy to start from)."
+    )
 
 
 @dataclass
@@ -30,8 +49,9 @@ class CompareConfig:
     """Baseline run directory (URL) with run.json and metrics/*.parquet."""
     new: str
     """New run directory (URL) to check against the baseline."""
-    thresholds: str | None = None
-    """Thresholds YAML (URL): '{metric: {max_drop: x}}' per metric (psnr, ssim, lpips, chamfer, fscore), 'max_new_failures: n', optional 'bootstrap: {resamples, confidence, seed}'; keys it omits keep the defaults of evaluation/data/default_thresholds.yaml (psnr 0.5 dB, ssim 0.01, lpips 0.01, chamfer 0.005, fscore 0.01, max_new_failures 0)."""
+    thresholds: Annotated[str | None, tyro.conf.arg(help=thresholds_help())] = None
+    """Thresholds YAML (URL) overriding the metric registry's defaults key by key (help text:
+    :func:`thresholds_help`)."""
     out: str | None = None
     """Directory (URL) to write compare.md, compare.json and compare_config.yaml; default: print only."""
     print_summary: bool = field(default=True, metadata=NO_HASH)

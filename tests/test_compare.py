@@ -201,6 +201,8 @@ def test_thresholds_defaults_and_overrides(tmp_path: Path) -> None:
         "lpips": 0.01,
         "chamfer": 0.005,
         "fscore": 0.01,
+        "chamfer_aligned": 0.005,
+        "fscore_aligned": 0.01,
     }
     assert (th.max_new_failures, th.resamples, th.confidence, th.seed) == (0, 2000, 0.95, 0)
     f = tmp_path / "t.yaml"
