@@ -10,7 +10,12 @@ composited on white in [0, 1]. Compositing follows the upstream InstantMesh fine
 (``src/data/objaverse_zero123plus.py``): ``rgb * alpha + white * (1 - alpha)`` in float, and the
 grid is laid out row-major (view ``k`` at row ``k // 2``, column ``k % 2``), as upstream's
 ``rearrange('b (x y) c h w -> b c (x h) (y w)', x=3, y=2)``. Unlike upstream, a missing or
-malformed file raises instead of silently skipping the object.
+malformed file raises (naming the object, its folder or shard, and the file) instead of
+silently replacing the object by another; ``on_error="skip"`` leaves it out and reports it.
+
+The same items come from the object folders or from the tar shards ``imesh shards`` writes
+(``rendering.shard_format``; read by :mod:`instantmesh.shard_reader`, which also splits the
+objects over DataLoader workers and distributed ranks).
 
 Light on purpose: numpy, PIL and torch only (no diffusers), so data loading does not pay for the
 diffusion stack's import.
@@ -18,13 +23,17 @@ diffusion stack's import.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from instantmesh.shard_reader import OnError, Sample, SampleDataset, SplitMode, decode_png
 
 GRID_ROWS = 3
 GRID_COLS = 2
@@ -67,6 +76,13 @@ def grid_to_views_tensor(grid: torch.Tensor) -> torch.Tensor:
     return views.reshape(*lead, NUM_VIEWS, c, h, w)
 
 
+def _on_white(arr: np.ndarray, mode: str) -> torch.Tensor:
+    """RGBA -> ``rgb * a + (1 - a)`` in float32; RGB taken as already on white."""
+    x = arr.astype(np.float32) / 255.0
+    rgb = x[..., :3] * x[..., 3:] + (1.0 - x[..., 3:]) if mode == "RGBA" else x
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
+
+
 def load_view_on_white(path: str | Path) -> torch.Tensor:
     """One PNG as a ``3 x H x W`` float tensor in [0, 1], composited on white.
 
@@ -79,14 +95,18 @@ def load_view_on_white(path: str | Path) -> torch.Tensor:
     with Image.open(path) as img:
         img.load()
         mode = img.mode
-        arr = np.asarray(img, dtype=np.float32) / 255.0
-    if mode == "RGBA":
-        rgb = arr[..., :3] * arr[..., 3:] + (1.0 - arr[..., 3:])
-    elif mode == "RGB":
-        rgb = arr
-    else:
+        arr = np.asarray(img)
+    if mode not in ("RGBA", "RGB"):
         raise ValueError(f"{path}: expected an RGBA (or RGB on white) PNG, got mode {mode!r}")
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
+    return _on_white(arr, mode)
+
+
+def sample_view_on_white(sample: Sample, name: str) -> torch.Tensor:
+    """Member ``name`` of a shard or folder sample as :func:`load_view_on_white` reads a file;
+    a missing or corrupt member raises a :class:`~instantmesh.shard_reader.SampleError`
+    naming the object, its shard or folder, and the member."""
+    arr = decode_png(sample, name, ["RGBA", "RGB"])
+    return _on_white(arr, "RGBA" if arr.shape[-1] == 4 else "RGB")
 
 
 def _to_size(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -106,70 +126,70 @@ def discover_uids(image_root: str | Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / CONDITION_FILE).is_file())
 
 
-class Zero123ppDataset(torch.utils.data.Dataset):
-    """Condition view + 3 x 2 target grid per object, read from ``rendering_zero123plus/<uid>/``.
+class Zero123ppDataset(SampleDataset):
+    """Condition view + 3 x 2 target grid per object, from ``rendering_zero123plus/<uid>/``
+    folders or from ``imesh shards`` tar shards (same items either way).
 
-    ``root`` is the render output root (the folder that contains ``rendering_zero123plus/``) or
-    that ``rendering_zero123plus`` folder itself. ``uids``: the objects to read, in order (default:
-    every sub-folder with a ``000.png``, sorted). Views whose size is not ``view_size`` are
-    resized (bicubic, antialiased). Items::
+    ``root``: the render output root (the folder that contains ``rendering_zero123plus/``), that
+    ``rendering_zero123plus`` folder itself, or a shard set (a folder / URL holding
+    ``shard-*.tar`` and ``_SUCCESS.json``, one ``.tar`` URL, or a list of URLs). ``uids``: the
+    object folders to read, in order (default: every sub-folder with a ``000.png``, sorted; not
+    for shards). Views whose size is not ``view_size`` are resized (bicubic, antialiased).
+    ``on_error``, ``rank``, ``world_size``, ``split``, ``shuffle``, ``seed``,
+    ``storage_options``: see :class:`instantmesh.shard_reader.SampleDataset` (iterating splits
+    the objects over ranks and DataLoader workers; folders also allow ``len`` and ``ds[i]``).
+    Items::
 
         {"uid": str,
          "cond": float32 (3, view_size, view_size) in [0, 1], on white,
          "target": float32 (3, 3 * view_size, 2 * view_size) in [0, 1], on white}
     """
 
+    layout = "zero123pp"
+    layout_dir = IMAGE_DIR
+    marker_file = CONDITION_FILE
+
     def __init__(
         self,
-        root: str | Path,
+        root: str | os.PathLike[str] | Sequence[str],
         uids: Sequence[str] | None = None,
         *,
         view_size: int = VIEW_SIZE,
+        on_error: OnError = "raise",
+        rank: int | None = None,
+        world_size: int | None = None,
+        split: SplitMode = "auto",
+        shuffle: bool = False,
+        seed: int = 0,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
-        root = Path(root)
-        if (root / IMAGE_DIR).is_dir():
-            image_root = root / IMAGE_DIR
-        elif root.name == IMAGE_DIR and root.is_dir():
-            image_root = root
-        else:
-            raise FileNotFoundError(
-                f"no {IMAGE_DIR}/ folder under {root} (pass the render output root or the "
-                f"{IMAGE_DIR} folder itself)"
-            )
         if view_size <= 0:
             raise ValueError(f"view_size must be positive, got {view_size}")
-        self.image_root = image_root
+        super().__init__(
+            root,
+            uids,
+            on_error=on_error,
+            rank=rank,
+            world_size=world_size,
+            split=split,
+            shuffle=shuffle,
+            seed=seed,
+            storage_options=storage_options,
+        )
         self.view_size = int(view_size)
-        if uids is None:
-            self.uids = discover_uids(image_root)
-        else:
-            if isinstance(uids, str):
-                raise TypeError("uids must be a sequence of object ids, not a single string")
-            self.uids = [str(u) for u in uids]
-            missing = [u for u in self.uids if not (image_root / u).is_dir()]
-            if missing:
-                shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-                raise FileNotFoundError(
-                    f"{len(missing)} object folder(s) missing under {image_root}: {shown}"
-                )
-
-    def __len__(self) -> int:
-        return len(self.uids)
 
     def paths(self, index: int) -> list[Path]:
-        """The seven files of item ``index``: condition first, then the six targets."""
-        folder = self.image_root / self.uids[index]
+        """The seven files of item ``index`` (object folders): condition first, then the six
+        targets."""
+        folder = self.folder_sample(index).folder
         return [folder / CONDITION_FILE] + [folder / name for name in TARGET_FILES]
 
-    def __getitem__(self, index: int) -> dict[str, object]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} objects")
-        index %= len(self)
-        views = [load_view_on_white(p) for p in self.paths(index)]
+    def decode(self, sample: Sample) -> dict[str, Any]:
+        views = [sample_view_on_white(sample, n) for n in (CONDITION_FILE, *TARGET_FILES)]
         views = [_to_size(v, self.view_size) for v in views]
         targets = torch.stack(views[1:], dim=0)
         return {
-            "uid": self.uids[index],
+            "uid": sample.uid,
             "cond": views[0],
             "target": views_to_grid_tensor(targets),
         }
