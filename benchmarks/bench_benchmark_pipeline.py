@@ -158,8 +158,8 @@ def generated_views_split(
 
     from evaluation.alignment import to_evaluation_frame
     from evaluation.evaluate_object import evaluate_object
-    from evaluation.predictors import PredictorInput
-    from instantmesh.predictor import InstantMeshPredictor
+    from evaluation.instantmesh_predictor import InstantMeshPredictor
+    from evaluation.predictors import InstantMeshOptions, PredictorInput
     from rendering.backends import RenderSettings, make_backend
 
     zero123pp, checkpoint, variant, steps = (
@@ -182,12 +182,14 @@ def generated_views_split(
             variant = "tiny-mesh"
         steps = steps or 4
     predictor = InstantMeshPredictor(
-        checkpoint,
-        variant,
-        device=args.device,
-        zero123pp=zero123pp,
-        unet=args.unet,
-        steps=steps or 75,
+        InstantMeshOptions(
+            checkpoint=checkpoint,
+            variant=variant,
+            device=args.device,
+            zero123pp=zero123pp,
+            unet=args.unet,
+            steps=steps or 75,
+        )
     )
     backend_name = "nvdiffrast" if predictor.device.type == "cuda" else "cpu"
     backend = make_backend(backend_name, RenderSettings(shading="unlit"))

@@ -120,6 +120,8 @@ __all__ = [
     "image_metrics_schema",
     "image_metrics_table",
     "join_url",
+    "merge_run_records",
+    "object_outcome",
     "objects_table",
     "read_bytes",
     "read_run",
@@ -614,3 +616,82 @@ def read_run(run_uri: str) -> RunRecords:
         except (pa.ArrowInvalid, OSError) as e:
             raise RunRecordError(f"{url}: not a readable Parquet file ({e})") from e
     return validate_records(RunRecords(info=info, **tables, uri=run_uri))
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def object_outcome(
+    evaluate: Mapping[str, Any],
+    predict: Mapping[str, Any] | None = None,
+    gt: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An object's ``status`` / ``error_type`` / ``error`` in ``objects.parquet``, from its
+    status rows (``status``, ``error_type``, ``error``) of the evaluate stage, the predict stage
+    and the evaluation-set build (``gt``); None where a stage has no row for it.
+
+    The evaluate row alone decides ok or failed (an ok evaluation scored a finished prediction,
+    whatever a later predict attempt said). A failed object names the first cause along the
+    chain: the GT object the evaluation set could not build (its error prefixed
+    ``evaluation set: ``), else the prediction that failed, else the evaluation's own error.
+    Pure: no I/O.
+    """
+    if evaluate["status"] == "ok":
+        return {"status": "ok", "error_type": None, "error": None}
+    if gt is not None and gt["status"] != "ok":
+        error_type, error = gt["error_type"], f"evaluation set: {gt['error']}"
+    elif predict is not None and predict["status"] != "ok":
+        error_type, error = predict["error_type"], predict["error"]
+    else:
+        error_type, error = evaluate["error_type"], evaluate["error"]
+    return {"status": "failed", "error_type": error_type, "error": error}
+
+
+def merge_run_records(previous: RunRecords | None, new: RunRecords) -> RunRecords:
+    """The records of a run directory once ``new`` (the datasets just evaluated) is added to
+    ``previous`` (what the directory held; None when it held no run). Pure: no I/O.
+
+    A run directory is one run built one dataset at a time, and the latest evaluation of a
+    dataset wins:
+
+    - the run keeps ``previous``'s ``run_id`` (the directory's identity);
+    - every dataset of ``new.info.datasets`` replaces all that ``previous`` had for it: its rows
+      (objects ``new`` did not attempt included: they are dropped) and its entry in each
+      per-dataset config section; an object's earlier outcome never survives, whether it was
+      ok or failed before and whichever it is now;
+    - the datasets only ``previous`` has keep their rows and config entries;
+    - ``datasets`` is the sorted union; a config section of ``new`` starts from ``previous``'s
+      section of the same name when that one is per-dataset (its keys are datasets of
+      ``previous``), and ``previous``'s other sections are dropped;
+    - everything else in ``run.json`` (predictor, variant, created_at, versions, git_commit,
+      LPIPS) is ``new``'s, and every row is labelled with the merged ``run_id`` and ``new``'s
+      predictor.
+    """
+    if previous is None:
+        return validate_records(new)
+    replaced = set(new.info.datasets)
+    config: dict[str, Any] = {}
+    for key, section in new.info.config.items():
+        earlier = previous.info.config.get(key)
+        merged: dict[str, Any] = {}
+        if isinstance(earlier, dict) and set(earlier) <= set(previous.info.datasets):
+            merged.update(earlier)
+        merged.update(section)
+        config[key] = merged
+    info = dataclasses.replace(
+        new.info,
+        run_id=previous.run_id,
+        datasets=sorted(set(previous.info.datasets) | replaced),
+        config=config,
+    )
+
+    def rows(name: str) -> list[dict[str, Any]]:
+        kept = [r for r in getattr(previous, name).to_pylist() if r["dataset"] not in replaced]
+        out = kept + getattr(new, name).to_pylist()
+        for r in out:
+            r["run_id"], r["predictor"] = info.run_id, info.predictor
+        return out
+
+    return RunRecords.from_rows(
+        info, rows("image_metrics"), rows("geometry_metrics"), rows("objects")
+    )

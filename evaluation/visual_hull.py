@@ -76,7 +76,7 @@ from dataclasses import dataclass
 import numpy as np
 import trimesh
 
-from evaluation.predictors import Prediction, PredictorError, PredictorInput
+from evaluation.predictors import Prediction, PredictorError, PredictorInput, VisualHullOptions
 from rendering.cameras import Camera, project
 from rendering.output_layouts import read_record
 
@@ -112,21 +112,13 @@ class VisualHullPredictor:
 
     name = "visual-hull"
 
-    def __init__(
-        self,
-        resolution: int = 64,
-        smooth_sigma: float = 0.0,
-        use_input_view: bool = True,
-        layout_prior: bool = True,
-    ) -> None:
-        if resolution < 8:
-            raise ValueError(f"visual-hull resolution must be >= 8, got {resolution}")
-        if smooth_sigma < 0:
-            raise ValueError(f"visual-hull smooth_sigma must be >= 0, got {smooth_sigma}")
-        self.resolution = int(resolution)
-        self.smooth_sigma = float(smooth_sigma)
-        self.use_input_view = bool(use_input_view)
-        self.layout_prior = bool(layout_prior)
+    def __init__(self, options: VisualHullOptions | None = None) -> None:
+        options = options or VisualHullOptions()
+        options.validate()
+        self.resolution = int(options.resolution)
+        self.smooth_sigma = float(options.smooth_sigma)
+        self.use_input_view = bool(options.use_input_view)
+        self.layout_prior = bool(options.layout_prior)
 
     def predict(self, item: PredictorInput) -> Prediction:
         images, cams = item.six_views()

@@ -1,5 +1,5 @@
 """Six views -> triplanes -> coloured mesh: the one reconstruction path that both the evaluation
-predictor (``instantmesh.predictor``) and ``imesh generate`` use.
+predictor (``evaluation.instantmesh_predictor``) and ``imesh generate`` use.
 
 Inputs are the six Zero123++ views (azimuths 30..330 relative to the input view, elevations
 20/-10) as float RGB in [0, 1] on a white background; they are resized to the variant's input

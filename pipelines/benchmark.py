@@ -10,9 +10,13 @@ input-camera pose for methods that reconstruct relative to the input view; see
 3x3 map applied, the predictor's own record) + the predictor's extra files (``views.png``).
 
 ``evaluate`` (stage ``evaluate-<dataset>``): per object, render the prediction at the GT
-views' cameras with a render backend (``cpu`` rasterizer or ``nvdiffrast`` on GPU), image
-metrics against the GT views, Chamfer / F-Score against the GT mesh
-(``evaluation.evaluate_object``) -> ``<run>/eval_renders/<dataset>/<uid>/<view set>/NNN.png``.
+views' cameras with a render backend (``rendering.backends.BACKENDS``), image metrics against
+the GT views, Chamfer / F-Score against the GT mesh (``evaluation.evaluate_object``) ->
+``<run>/eval_renders/<dataset>/<uid>/<view set>/NNN.png``. Predictions are rendered like the
+evaluation set's GT views: backend, shading, size and samples default to what its
+``evalset.json`` records; a different explicit value is refused (``ConfigError``, exit 2)
+unless ``--force-render-settings`` is given, and the deviation is then recorded in ``run.json``
+(``config.render_settings``).
 Then the run records are compiled (``evaluation.run_records``): one row per view, per object,
 and one status row per object (failures from either stage included, with their cause).
 
@@ -26,42 +30,58 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import platform
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 import pyarrow as pa
+from tyro.conf import arg
 
 from evaluation.evaluate_object import EvalOptions, evaluate_object, png_bytes
 from evaluation.geometry import threshold_key
 from evaluation.predictors import (
-    GPU_PREDICTORS,
     PREDICTORS,
+    BasePredictorOptions,
+    DtypeName,
     PredictionMissing,
     PredictorInput,
-    make_predictor,
+    ViewsSource,
+    predictor_entry,
+    predictor_help,
 )
-from evaluation.run_records import RunInfo, RunRecordError, RunRecords, read_run, write_run_records
+from evaluation.run_records import (
+    RunInfo,
+    RunRecordError,
+    RunRecords,
+    merge_run_records,
+    object_outcome,
+    read_run,
+    write_run_records,
+)
 from pipelines import storage
-from pipelines.configs import NO_HASH, ConfigError, git_commit
+from pipelines.configs import NO_HASH, ConfigError, registry_choices
+from pipelines.render import BackendName, backend_help
 from pipelines.runner import RunOptions, StageReport, run_stage
 from pipelines.schema import read_manifest, read_parquet
 from pipelines.stage import ItemContext, Stage
 from rendering.mesh_io import load_world_mesh, world_mesh_glb_bytes
+from rendering.provenance import git_commit, versions
 
 EVALSET_OBJECTS = "objects"
+
+if TYPE_CHECKING:
+    PredictorName = str
+else:
+    PredictorName = registry_choices(PREDICTORS)
 
 
 @dataclass(kw_only=True)
 class PredictorOptions:
-    """Which predictor and its options (shared by predict, benchmark and nightly)."""
+    """Which predictor and its options (shared by predict, benchmark and nightly). A predictor
+    takes the fields its options dataclass has (``evaluation.predictors.PREDICTORS``), by name."""
 
-    predictor: Literal["oracle", "visual-hull", "mesh-dir", "instantmesh"] = "visual-hull"
-    """oracle: the GT (sanity); visual-hull: weight-free CPU baseline; mesh-dir: meshes of another
-    method; instantmesh: the LRM (needs --checkpoint)."""
+    predictor: Annotated[PredictorName, arg(help=predictor_help())] = "visual-hull"
     variant: str | None = None
     """Model variant (instantmesh: instant-mesh-large, instant-nerf-base, ...)."""
     checkpoint: str | None = None
@@ -76,7 +96,7 @@ class PredictorOptions:
     """instantmesh NeRF variants: marching-cubes grid resolution."""
     density_threshold: float = 10.0
     """instantmesh NeRF variants: density iso-level of the extracted surface."""
-    views: Literal["generated", "ground-truth"] = "generated"
+    views: ViewsSource = "generated"
     """instantmesh: where the six views come from. generated (the paper's task): the object's
     input.png -> Zero123++ -> six views; ground-truth: the six views rendered from the GT mesh
     (an ablation: an upper bound for the LRM, labelled 'GT views (upper bound)' in tables)."""
@@ -86,7 +106,7 @@ class PredictorOptions:
     unet: str | None = None
     """instantmesh --views generated: InstantMesh's white-background UNet weights file
     (diffusion_pytorch_model.bin), loaded strictly into the Zero123++ UNet."""
-    dtype: Literal["auto", "float16", "float32", "bfloat16"] = "auto"
+    dtype: DtypeName = "auto"
     """instantmesh: Zero123++ dtype; auto = float16 on CUDA (upstream's), float32 on CPU."""
     steps: int = 75
     """instantmesh: diffusion steps (paper: 75)."""
@@ -105,8 +125,27 @@ class PredictorOptions:
 class MetricOptions:
     """How predictions are rendered and scored (shared by evaluate, benchmark and nightly)."""
 
-    backend: Literal["cpu", "nvdiffrast"] = "cpu"
-    """Renderer for the predictions (match how the GT views were rendered: cpu by default)."""
+    backend: Annotated[
+        BackendName | None,
+        backend_help(
+            "Renderer of the predictions; default (None): the evaluation set's, which rendered "
+            "the GT views (evalset.json)."
+        ),
+    ] = None
+    """Renderer of the predictions (default: the evaluation set's; choices:
+    ``rendering.backends.BACKENDS``)."""
+    shading: Literal["lit", "unlit"] | None = None
+    """Shading of the prediction renders; default (None): the evaluation set's."""
+    size: int | None = None
+    """Image width of the prediction renders and the compared images; default (None): the
+    evaluation set's view size (another size resamples the GT views)."""
+    samples: int | None = None
+    """Samples per pixel of the prediction renders (backends that honour them: blender);
+    default (None): the evaluation set's."""
+    force_render_settings: bool = field(default=False, metadata=NO_HASH)
+    """Evaluate even where --backend / --shading / --size / --samples differ from the
+    evaluation set's render settings (recorded in run.json and reported); without it such a
+    mismatch is refused (exit 2): predictions must be rendered like the GT views."""
     lpips_net: str = "vgg"
     """LPIPS backbone: vgg (default), alex, squeeze; 'none' to skip. Weights must be cached
     locally ($TORCH_HOME); when absent LPIPS is reported unavailable (null), never invented."""
@@ -207,6 +246,87 @@ def evalset_dataset(evalset: str) -> str:
         raise ConfigError(f"{url}: not a valid evalset.json ({e})") from e
 
 
+RENDER_SETTINGS = ("backend", "shading", "size", "samples")
+"""The render settings an evaluation set records and ``evaluate`` renders predictions with."""
+
+
+def evalset_render_settings(evalset: str) -> dict[str, Any]:
+    """How the evaluation set's GT views were rendered: ``backend``, ``shading``, ``size`` and
+    ``samples`` from its ``evalset.json`` (``samples`` from ``evalset.config.yaml`` for sets
+    written before ``evalset.json`` recorded it; ``None`` when neither has it)."""
+    evalset_dataset(evalset)  # a folder that is not an evaluation set: ConfigError
+    url = storage.join(evalset, "evalset.json")
+    info = json.loads(storage.read_text(url))
+    settings = {name: info.get(name) for name in RENDER_SETTINGS}
+    config_url = storage.join(evalset, "evalset.config.yaml")
+    if settings["samples"] is None and storage.exists(config_url):
+        import yaml
+
+        settings["samples"] = (yaml.safe_load(storage.read_text(config_url)) or {}).get("samples")
+    missing = [name for name in ("backend", "shading", "size") if settings[name] is None]
+    if missing:
+        raise ConfigError(f"{url}: does not record {', '.join(missing)} (rebuild the set)")
+    return settings
+
+
+def resolve_render_settings(cfg: Any, evalset: str) -> tuple[Any, dict[str, Any]]:
+    """``cfg`` (a :class:`MetricOptions`) with ``backend``, ``shading``, ``size`` and
+    ``samples`` filled in from the evaluation set (:func:`evalset_render_settings`) where they
+    are None, and the record of what was used (``evaluation_set``, ``used``, ``forced``: the
+    settings given that differ from the set's).
+
+    A given value that differs from the set's is a :class:`ConfigError` (one line naming each
+    option, the set's value and the given one) unless ``cfg.force_render_settings``. ``samples``
+    counts only for a backend that honours it (its registry entry's ``options``).
+    """
+    from rendering.backends import RenderSettings, backend_entry
+
+    recorded = evalset_render_settings(evalset)
+    used = {name: getattr(cfg, name) for name in RENDER_SETTINGS}
+    for name, value in recorded.items():
+        if used[name] is None:
+            used[name] = value
+    if used["samples"] is None:  # a set that never recorded it: the backends' default
+        used["samples"] = RenderSettings().samples
+    try:
+        honoured = backend_entry(str(used["backend"])).options
+    except ValueError as e:
+        raise ConfigError(f"{evalset}/evalset.json: {e}") from e
+    differ = [
+        name
+        for name in RENDER_SETTINGS
+        if getattr(cfg, name) is not None
+        and recorded[name] is not None
+        and getattr(cfg, name) != recorded[name]
+        and (name != "samples" or "samples" in honoured)
+    ]
+    if differ and not cfg.force_render_settings:
+        clauses = "; ".join(
+            f"--{name} {getattr(cfg, name)} (evaluation set: {recorded[name]})" for name in differ
+        )
+        raise ConfigError(
+            f"render settings differ from the evaluation set {evalset}: {clauses}; predictions "
+            "must be rendered like its GT views: drop the option(s) or pass "
+            "--force-render-settings"
+        )
+    record = {"evaluation_set": recorded, "used": used, "forced": differ}
+    return replace(cfg, **used), record
+
+
+def check_evaluate_config(cfg: Any, evalset: str) -> Any:
+    """Everything about evaluating ``evalset`` that can be checked before Ray starts: it is an
+    evaluation set, the render settings agree with it (:func:`resolve_render_settings`) and
+    the backend can run here (``rendering.backends.unavailable_reason``). Returns ``cfg``
+    with the render settings resolved."""
+    from rendering.backends import BackendUnavailable, unavailable_reason
+
+    resolved, _ = resolve_render_settings(cfg, evalset)
+    reason = unavailable_reason(resolved.backend)
+    if reason is not None:
+        raise BackendUnavailable(reason)
+    return resolved
+
+
 def evalset_manifest(evalset: str) -> pa.Table:
     return read_manifest(storage.join(evalset, "manifest.parquet"))
 
@@ -226,28 +346,15 @@ PREDICT_SCHEMA = pa.schema(
 )
 
 
+def predictor_options(cfg: PredictorOptions) -> BasePredictorOptions:
+    """The chosen predictor's options: its options dataclass's fields, taken from ``cfg`` by
+    name (a field ``cfg`` lacks keeps its default)."""
+    values = {f.name: getattr(cfg, f.name) for f in fields(PredictorOptions)}
+    return predictor_entry(cfg.predictor).options_from(values)
+
+
 def _predictor_setup(cfg: PredictConfig) -> Any:
-    options: dict[str, Any] = {}
-    if cfg.predictor == "visual-hull":
-        options["resolution"] = cfg.resolution
-    elif cfg.predictor == "mesh-dir":
-        options = {"root": cfg.mesh_dir, "convention": cfg.convention}
-    elif cfg.predictor == "instantmesh":
-        options = {
-            "variant": cfg.variant,
-            "checkpoint": cfg.checkpoint,
-            "mc_resolution": cfg.mc_resolution,
-            "density_threshold": cfg.density_threshold,
-            "views": cfg.views,
-            "zero123pp": cfg.zero123pp,
-            "unet": cfg.unet,
-            "dtype": cfg.dtype,
-            "steps": cfg.steps,
-            "guidance": cfg.guidance,
-            "seed": cfg.diffusion_seed,
-            "rembg_model": cfg.rembg_model,
-        }
-    return make_predictor(cfg.predictor, **options)
+    return predictor_entry(cfg.predictor).build(predictor_options(cfg))
 
 
 def predict_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
@@ -284,7 +391,7 @@ def predict_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
 
 def predict_stage(cfg: PredictConfig, dataset: str) -> Stage:
     gpus = 0.0
-    if cfg.predictor in GPU_PREDICTORS:
+    if predictor_entry(cfg.predictor).needs_gpu:
         import ray
 
         if ray.cluster_resources().get("GPU", 0) > 0:
@@ -302,10 +409,10 @@ def predict_stage(cfg: PredictConfig, dataset: str) -> Stage:
 
 def prediction_inputs(row: dict[str, Any], cfg: PredictConfig) -> str:
     """What a prediction reads besides its config: the evaluation-set object it predicts from
-    (its marker) and, for ``mesh-dir``, the mesh file it imports with the files that mesh
-    references and ``predictor.yaml`` (content hashes). Replacing a predicted mesh therefore
-    re-predicts the object on resume, and ``evaluate`` follows the new prediction's marker."""
-    from evaluation.predictors import MESH_EXTENSIONS
+    (its marker) and the files its predictor names (``input_files`` of its options; for
+    ``mesh-dir``, the mesh file it imports with the files that mesh references and
+    ``predictor.yaml``; content hashes). Replacing a predicted mesh therefore re-predicts the
+    object on resume, and ``evaluate`` follows the new prediction's marker."""
     from pipelines.fingerprint import file_digest, fingerprint, mesh_fingerprint
 
     uid = str(row.get("uid"))
@@ -313,16 +420,11 @@ def prediction_inputs(row: dict[str, Any], cfg: PredictConfig) -> str:
         parts: dict[str, Any] = {
             "gt": storage.read_marker(storage.join(cfg.evalset, EVALSET_OBJECTS, uid))
         }
-        if cfg.predictor == "mesh-dir" and cfg.mesh_dir:
-            root = Path(cfg.mesh_dir)
-            parts["predictor_yaml"] = file_digest(root / "predictor.yaml")
-            for ext in MESH_EXTENSIONS:  # the file MeshDirPredictor picks: first that exists
-                candidate = root / f"{uid}{ext}"
-                if os.path.lexists(candidate):
-                    parts["prediction"] = {candidate.name: mesh_fingerprint(str(candidate))}
-                    break
-            else:
-                parts["prediction"] = "missing"
+        inputs = predictor_options(cfg).input_files(uid)
+        for role, path in inputs.files.items():
+            parts[role] = file_digest(path)
+        for role, mesh in inputs.meshes.items():
+            parts[role] = "missing" if mesh is None else {mesh.name: mesh_fingerprint(str(mesh))}
         return fingerprint(**parts)
     except Exception as e:  # a fingerprint never raises: `process` reports the cause
         return fingerprint(error=f"{type(e).__name__}: {e}")
@@ -334,10 +436,9 @@ def run_predict(cfg: PredictConfig) -> StageReport:
         raise ConfigError(
             f"unknown predictor {cfg.predictor!r}; choose one of {sorted(PREDICTORS)}"
         )
-    if cfg.predictor == "mesh-dir" and not cfg.mesh_dir:
-        raise ConfigError("--predictor mesh-dir needs --mesh-dir <folder of <uid>.glb/.obj>")
+    predictor_options(cfg).validate()  # bad options fail before anything is read
     dataset = evalset_dataset(cfg.evalset)
-    _setup_check = _predictor_setup(cfg)  # fail fast in the driver on bad options
+    _setup_check = _predictor_setup(cfg)  # fail fast in the driver (e.g. unloadable weights)
     _setup_check.close()
     return run_stage(
         predict_stage(cfg, dataset), cfg, evalset_manifest(cfg.evalset), cfg.out, cfg.run
@@ -391,9 +492,12 @@ def _lpips_setting(cfg: EvaluateConfig) -> str | None:
 def _evaluate_setup(cfg: EvaluateConfig) -> Any:
     from rendering.backends import RenderSettings, make_backend
 
+    if cfg.backend is None or cfg.shading is None or cfg.samples is None:
+        raise ConfigError("evaluate: render settings not resolved (resolve_render_settings)")
     # One thread per actor: actors already fill the CPUs (torch's default of one thread per
     # core oversubscribes them and slows the CPU rasterizer many times over).
-    return make_backend(cfg.backend, RenderSettings(shading="unlit", threads=1))
+    settings = RenderSettings(shading=cfg.shading, samples=cfg.samples, threads=1)
+    return make_backend(cfg.backend, settings)
 
 
 def evaluate_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
@@ -417,6 +521,7 @@ def evaluate_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
         align=cfg.align,
         frame=frame,
         device=cfg.device,  # "cpu" or "cuda": resolved by the driver (resolve_metrics_device)
+        image_size=cfg.size,  # the evaluation set's unless forced (resolve_render_settings)
     )
     result = evaluate_object(pred, object_dir(cfg.evalset, ctx.uid), ctx.state, options)
     out: dict[str, list[Any]] = {k: [] for k in ("view_set", "view", "psnr", "ssim", "lpips")}
@@ -447,16 +552,24 @@ def evaluate_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
 
 def resolve_metrics_device(cfg: MetricOptions, cluster_gpus: float) -> Literal["cpu", "cuda"]:
     """``cfg.device`` -> "cpu" or "cuda" for a cluster with ``cluster_gpus`` GPUs; a setting
-    that cannot run there is a :class:`ConfigError` naming the option."""
+    that cannot run there is a :class:`ConfigError` naming the option. A backend whose
+    registry entry ``needs_gpu`` (nvdiffrast) needs "cuda"; each evaluate actor then reserves
+    ``--metrics-gpus-per-worker`` of a GPU for its renders and metrics."""
+    from rendering.backends import backend_entry
+
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device must be auto, cpu or cuda, got {cfg.device!r}")
+    try:
+        needs_gpu = cfg.backend is not None and backend_entry(cfg.backend).needs_gpu
+    except ValueError as e:
+        raise ConfigError(f"--backend: {e}") from e
     if cfg.device == "cpu":
-        if cfg.backend == "nvdiffrast":
-            raise ConfigError("--backend nvdiffrast renders on CUDA: use --device auto or cuda")
+        if needs_gpu:
+            raise ConfigError(f"--backend {cfg.backend} renders on CUDA: use --device auto or cuda")
         return "cpu"
     if cluster_gpus <= 0:
-        if cfg.device == "cuda" or cfg.backend == "nvdiffrast":
-            what = "--device cuda" if cfg.device == "cuda" else "--backend nvdiffrast"
+        if cfg.device == "cuda" or needs_gpu:
+            what = "--device cuda" if cfg.device == "cuda" else f"--backend {cfg.backend}"
             raise ConfigError(
                 f"{what} needs GPUs but the Ray cluster has none "
                 "(use --device cpu / --backend cpu, or a cluster with GPU nodes)"
@@ -472,10 +585,11 @@ def resolve_metrics_device(cfg: MetricOptions, cluster_gpus: float) -> Literal["
 
 def evaluation_inputs(row: dict[str, Any], cfg: EvaluateConfig) -> str:
     """Identity of what an evaluation scores: the prediction's and the GT object's completion
-    markers (which name the run, attempt and config that produced them). Re-predicting an
-    object (another predictor, a fixed mesh) or rebuilding the evaluation set changes it, so
-    resume re-evaluates that object instead of keeping stale metrics."""
-    markers = {}
+    markers (which name the run, attempt and config that produced them), and the LPIPS backbone
+    actually usable. Re-predicting an object (another predictor, a fixed mesh), rebuilding the
+    evaluation set or installing the LPIPS weights changes it, so resume re-evaluates that
+    object instead of keeping stale metrics (or a null LPIPS)."""
+    markers: dict[str, Any] = {"lpips": _lpips_setting(cfg)}
     for name, url in (
         ("prediction", storage.join(cfg.out, "predictions", str(row["source"]), str(row["uid"]))),
         ("gt", storage.join(cfg.evalset, EVALSET_OBJECTS, str(row["uid"]))),
@@ -511,8 +625,16 @@ def _predict_info(out: str, dataset: str) -> dict[str, Any]:
     return data
 
 
-def compile_run_records(cfg: EvaluateConfig, dataset: str, report: StageReport) -> RunRecords:
-    """Merge this dataset's predict + evaluate outcomes into the run's records."""
+def compile_run_records(
+    cfg: EvaluateConfig,
+    dataset: str,
+    report: StageReport,
+    render_settings: dict[str, Any] | None = None,
+) -> RunRecords:
+    """Merge this dataset's predict + evaluate outcomes into the run's records (the policy:
+    ``evaluation.run_records.object_outcome`` per object, ``merge_run_records`` per run);
+    ``render_settings`` (:func:`resolve_render_settings`' record) goes to ``run.json``'s
+    ``config.render_settings.<dataset>``."""
     predict_cfg = _predict_info(cfg.out, dataset)
     pconf = predict_cfg.get("config", predict_cfg)
     predictor = str(pconf.get("predictor", "unknown"))
@@ -521,24 +643,19 @@ def compile_run_records(cfg: EvaluateConfig, dataset: str, report: StageReport) 
         previous: RunRecords | None = read_run(cfg.out)
     except RunRecordError:
         previous = None
-    run_id = previous.run_id if previous else Path(cfg.out.rstrip("/")).name or "run"
     # Per dataset: each evaluation set is predicted and evaluated with its own config.
-    config: dict[str, dict[str, Any]] = {"predict": {}, "evaluate": {}}
-    if previous is not None:
-        for key in config:
-            earlier = previous.info.config.get(key)
-            if isinstance(earlier, dict) and set(earlier) <= set(previous.info.datasets):
-                config[key].update(earlier)
-    config["predict"][dataset] = pconf
-    config["evaluate"][dataset] = _plain(asdict(cfg))
     info = RunInfo(
-        run_id=run_id,
+        run_id=Path(cfg.out.rstrip("/")).name or "run",  # an existing run keeps its own
         predictor=predictor,
         variant=pconf.get("variant"),
-        datasets=sorted(set((previous.info.datasets if previous else []) + [dataset])),
+        datasets=[dataset],
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        config=config,
-        versions=_versions(),
+        config={
+            "predict": {dataset: pconf},
+            "evaluate": {dataset: _plain(asdict(cfg))},
+            "render_settings": {dataset: _plain(render_settings)} if render_settings else {},
+        },
+        versions=versions(),
         git_commit=git_commit(),
         lpips_backbone=lpips,
         lpips_available=lpips is not None and not lpips.endswith("random"),
@@ -561,25 +678,11 @@ def compile_run_records(cfg: EvaluateConfig, dataset: str, report: StageReport) 
     for s in status:
         uid = s["uid"]
         ids = {"dataset": dataset, "uid": uid}
-        p = pstatus.get(uid)
-        if s["status"] != "ok":
-            # The first cause wins: a GT object that could not be built, then the prediction.
-            g = gt_status.get(uid)
-            if g is not None and g["status"] != "ok":
-                cause = {**g, "error": f"evaluation set: {g['error']}"}
-            else:
-                cause = p if p is not None and p["status"] != "ok" else s
-            obj_rows.append(
-                {
-                    **ids,
-                    "status": "failed",
-                    "error_type": cause["error_type"],
-                    "error": cause["error"],
-                }
-            )
+        outcome = object_outcome(s, pstatus.get(uid), gt_status.get(uid))
+        obj_rows.append({**ids, **outcome})
+        if outcome["status"] != "ok":
             continue
         r = results[uid]
-        obj_rows.append({**ids, "status": "ok", "error_type": None, "error": None})
         for vs, view, ps, ss, lp in zip(
             r["view_set"], r["view"], r["psnr"], r["ssim"], r["lpips"], strict=True
         ):
@@ -613,15 +716,9 @@ def compile_run_records(cfg: EvaluateConfig, dataset: str, report: StageReport) 
                 **{k: r.get(k) for k in ALIGNED_COLUMNS if r.get("chamfer_aligned") is not None},
             }
         )
-    if previous is not None:
-        keep = lambda t: [x for x in t.to_pylist() if x["dataset"] != dataset]  # noqa: E731
-        image_rows = keep(previous.image_metrics) + image_rows
-        geo_rows = keep(previous.geometry_metrics) + geo_rows
-        obj_rows = keep(previous.objects) + obj_rows
-        for rows in (image_rows, geo_rows, obj_rows):
-            for x in rows:
-                x["run_id"], x["predictor"] = run_id, predictor
-    records = RunRecords.from_rows(info, image_rows, geo_rows, obj_rows)
+    records = merge_run_records(
+        previous, RunRecords.from_rows(info, image_rows, geo_rows, obj_rows)
+    )
     write_run_records(cfg.out, records)
     return records
 
@@ -632,30 +729,29 @@ def run_evaluate(cfg: EvaluateConfig) -> tuple[StageReport, RunRecords]:
 
     dataset = evalset_dataset(cfg.evalset)
     _predict_info(cfg.out, dataset)
+    cfg, render_settings = resolve_render_settings(cfg, cfg.evalset)
+    check_evaluate_config(cfg, cfg.evalset)  # the resolved backend can run here
+    if render_settings["forced"]:
+        forced = "; ".join(
+            f"--{name} {render_settings['used'][name]} "
+            f"(evaluation set: {render_settings['evaluation_set'][name]})"
+            for name in render_settings["forced"]
+        )
+        render_settings["note"] = f"forced render settings (--force-render-settings): {forced}"
+        from pipelines.summary import make_console
+
+        make_console().print(f"[yellow]note:[/] {dataset}: {render_settings['note']}")
     device = resolve_metrics_device(cfg, float(ray.cluster_resources().get("GPU", 0.0)))
-    cfg = replace(cfg, device=device)  # actors get the resolved device
+    cfg = replace(cfg, device=device)  # actors get the resolved device and render settings
     gpus = cfg.metrics_gpus_per_worker if device == "cuda" else 0.0
     report = run_stage(
         evaluate_stage(dataset, gpus), cfg, evalset_manifest(cfg.evalset), cfg.out, cfg.run
     )
-    return report, compile_run_records(cfg, dataset, report)
+    return report, compile_run_records(cfg, dataset, report, render_settings)
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(d, default=str))
-
-
-def _versions() -> dict[str, str | None]:
-    from pipelines import __version__
-
-    out: dict[str, str | None] = {"python": platform.python_version(), "package": __version__}
-    try:
-        import torch
-
-        out["torch"] = torch.__version__
-    except ImportError:
-        out["torch"] = None
-    return out
 
 
 def run_benchmark(cfg: BenchmarkConfig) -> tuple[list[StageReport], RunRecords]:

@@ -206,10 +206,10 @@ def test_instantmesh_predictor_runs_a_saved_tiny_model_through_the_pipeline(
 ) -> None:
     import torch
 
-    from evaluation.predictors import PredictorInput
+    from evaluation.instantmesh_predictor import InstantMeshPredictor
+    from evaluation.predictors import InstantMeshOptions, PredictorInput
     from instantmesh import build_model
     from instantmesh.checkpoint import save_model
-    from instantmesh.predictor import InstantMeshPredictor
     from pipelines.benchmark import BenchmarkConfig, run_benchmark
 
     torch.manual_seed(0)
@@ -220,7 +220,9 @@ def test_instantmesh_predictor_runs_a_saved_tiny_model_through_the_pipeline(
     item = PredictorInput(folder.name, "gso", folder)
     # Random weights: pick the iso-level inside the density range so a surface exists.
     probe = InstantMeshPredictor(
-        str(ckpt), mc_resolution=24, density_threshold=1e9, views="ground-truth"
+        InstantMeshOptions(
+            checkpoint=str(ckpt), mc_resolution=24, density_threshold=1e9, views="ground-truth"
+        )
     )
     with pytest.raises(Exception, match="no surface"):
         probe.predict(item)
@@ -233,7 +235,9 @@ def test_instantmesh_predictor_runs_a_saved_tiny_model_through_the_pipeline(
     sigma = probe.model.synthesizer.forward_grid(planes, 24)["sigma"].detach()
     level = float(sigma.median())
     pred = InstantMeshPredictor(
-        str(ckpt), mc_resolution=24, density_threshold=level, views="ground-truth"
+        InstantMeshOptions(
+            checkpoint=str(ckpt), mc_resolution=24, density_threshold=level, views="ground-truth"
+        )
     ).predict(item)
     assert len(pred.mesh.faces) > 0 and pred.convention == "instantmesh_lrm"
     assert pred.mesh.visual.vertex_colors.shape == (len(pred.mesh.vertices), 4)

@@ -20,7 +20,7 @@ from evaluation.alignment import (
     to_evaluation_frame,
 )
 from evaluation.geometry import geometry_metrics
-from evaluation.predictors import MeshDirPredictor, PredictorInput
+from evaluation.predictors import MeshDirOptions, MeshDirPredictor, PredictorInput
 from pipelines.runner import RunOptions
 from rendering.cameras import camera_from_spherical
 from rendering.mesh_io import load_world_mesh
@@ -84,7 +84,8 @@ def test_every_convention_reaches_the_oracle_floor_at_random_input_poses(gso: Pa
                 item = PredictorInput(obj.name, "gso", obj)
                 gt = load_world_mesh(obj / "gt_mesh.glb")
                 _file_frame_mesh(gt, convention, item).export(folder / f"{obj.name}{ext}")
-                pred = MeshDirPredictor(str(folder), convention).predict(item)
+                options = MeshDirOptions(mesh_dir=str(folder), convention=convention)
+                pred = MeshDirPredictor(options).predict(item)
                 world, _ = to_evaluation_frame(pred.mesh, pred.convention, item.cameras("")[0])
                 floor = geometry_metrics(gt, gt, n_points=4000, seed=0)
                 got = geometry_metrics(world, gt, n_points=4000, seed=0)
@@ -177,7 +178,7 @@ def test_instantmesh_generated_views_end_to_end(
 ) -> None:
     """input.png -> Zero123++ (tiny) -> six views -> LRM (tiny) -> mesh -> metrics, through
     `imesh benchmark --predictor instantmesh --views generated`."""
-    from instantmesh.predictor import object_seed, zero123pp_identity
+    from evaluation.instantmesh_predictor import object_seed, zero123pp_identity
     from pipelines.cli import main
 
     run = tmp_path / "gen"
@@ -246,19 +247,21 @@ def test_opaque_input_needs_background_removal_and_says_which_file(
 ) -> None:
     import shutil
 
-    from evaluation.predictors import PredictorError
-    from instantmesh.predictor import InstantMeshPredictor
+    from evaluation.instantmesh_predictor import InstantMeshPredictor
+    from evaluation.predictors import InstantMeshOptions, PredictorError
 
     obj = tmp_path / "obj"
     shutil.copytree(_objects(gso)[0], obj)
     Image.open(obj / "input.png").convert("RGB").save(obj / "input.png")
     predictor = InstantMeshPredictor(
-        str(models["lrm"]),
-        "tiny-mesh",
-        device="cpu",
-        zero123pp=str(models["zero123pp"]),
-        steps=1,
-        rembg_model=str(tmp_path / "absent" / "u2net.onnx"),
+        InstantMeshOptions(
+            checkpoint=str(models["lrm"]),
+            variant="tiny-mesh",
+            device="cpu",
+            zero123pp=str(models["zero123pp"]),
+            steps=1,
+            rembg_model=str(tmp_path / "absent" / "u2net.onnx"),
+        )
     )
     with pytest.raises(PredictorError, match=r"absent/u2net\.onnx"):
         predictor.predict(PredictorInput("obj", "gso", obj))

@@ -1,5 +1,9 @@
 """The ``instantmesh`` predictor: the paper's single-image pipeline on an evaluation object.
 
+The evaluation side's adapter (:class:`PredictorInput` -> :class:`Prediction`) around the
+``instantmesh`` package: evaluation imports the model, never the reverse. Options:
+:class:`evaluation.predictors.InstantMeshOptions`.
+
 ``views="generated"`` (default; what the paper's Tables 2-4 score): the evaluation object's
 ``input.png`` (RGBA, rendered from the GT at a random input pose) -> the upstream preprocessing
 (alpha present: crop to the foreground, pad it to 85 % of the frame, composite on white; an RGB
@@ -13,8 +17,8 @@ beside the prediction as ``views.png``.
 an easier task. Runs of this kind are an ablation (an upper bound for the LRM), labelled as such
 in every table, never the paper's "InstantMesh" rows.
 
-Seeds: one per object, derived from ``(seed, uid)`` (:func:`object_seed`), so an object's views
-do not depend on which worker or in which order it ran. ``prediction.json`` records the view
+Seeds: one per object, derived from ``(diffusion_seed, uid)`` (:func:`object_seed`), so an
+object's views do not depend on which worker or in which order it ran. ``prediction.json`` records the view
 source, the seed, the Zero123++ folder's identity (a hash of its config files, plus the UNet
 file's name and size) and the dtype.
 
@@ -38,17 +42,21 @@ import io
 import os
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import trimesh
 from PIL import Image
 
-from evaluation.predictors import Prediction, PredictorError, PredictorInput
+from evaluation.predictors import (
+    InstantMeshOptions,
+    Prediction,
+    PredictorError,
+    PredictorInput,
+    ViewsSource,
+)
 
-ViewsSource = Literal["generated", "ground-truth"]
-VIEWS_SOURCES: tuple[ViewsSource, ...] = ("generated", "ground-truth")
 DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -83,75 +91,46 @@ def zero123pp_identity(folder: str | os.PathLike[str], unet: str | None = None) 
 def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise PredictorError(f"instantmesh: --dtype must be auto or one of {sorted(DTYPES)}")
-    return DTYPES[dtype]
+    return DTYPES[dtype]  # a name of DTYPE_NAMES: InstantMeshOptions.validate checked it
 
 
 class InstantMeshPredictor:
     name = "instantmesh"
 
-    def __init__(
-        self,
-        checkpoint: str | None = None,
-        variant: str | None = None,
-        device: str = "auto",
-        mc_resolution: int = 256,
-        density_threshold: float = 10.0,
-        views: str = "generated",
-        zero123pp: str | None = None,
-        unet: str | None = None,
-        dtype: str = "auto",
-        steps: int = 75,
-        guidance: float = 4.0,
-        seed: int = 0,
-        rembg_model: str | None = None,
-    ) -> None:
-        if not checkpoint:
-            raise PredictorError(
-                "predictor instantmesh needs --checkpoint (an official .ckpt with --variant, or a "
-                "folder written by instantmesh.save_model)"
-            )
-        if views not in VIEWS_SOURCES:
-            raise PredictorError(f"instantmesh: --views must be one of {VIEWS_SOURCES}")
-        if views == "generated" and not zero123pp:
-            raise PredictorError(
-                "instantmesh --views generated needs --zero123pp (the Zero123++ v1.2 diffusers "
-                "folder, e.g. a local copy of sudo-ai/zero123plus-v1.2) and usually --unet "
-                "(InstantMesh's white-background UNet, diffusion_pytorch_model.bin); "
-                "--views ground-truth skips diffusion (an ablation, labelled as one)"
-            )
-        if steps < 1:
-            raise PredictorError(f"instantmesh: --steps must be >= 1, got {steps}")
+    def __init__(self, options: InstantMeshOptions) -> None:
+        options.validate()
+        assert options.checkpoint is not None  # validate() checked it
         from instantmesh.checkpoint import load_checkpoint
 
+        device = options.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        self.model = load_checkpoint(checkpoint, variant, device=self.device).eval()
-        self.mc_resolution = int(mc_resolution)
-        self.density_threshold = float(density_threshold)
-        self.views: ViewsSource = views  # type: ignore[assignment]
-        self.steps, self.guidance, self.seed = int(steps), float(guidance), int(seed)
-        self.rembg_model = rembg_model
+        self.model = load_checkpoint(options.checkpoint, options.variant, device=self.device).eval()
+        self.mc_resolution = int(options.mc_resolution)
+        self.density_threshold = float(options.density_threshold)
+        self.views: ViewsSource = options.views
+        self.steps, self.guidance = int(options.steps), float(options.guidance)
+        self.seed = int(options.diffusion_seed)
+        self.rembg_model = options.rembg_model
         self._rembg_session: Any = None
         self.pipe: Any = None
         self.dtype: torch.dtype | None = None
         self.zero123pp: dict[str, Any] | None = None
-        if views == "generated":
+        if options.views == "generated":
             from instantmesh.zero123pp import Zero123ppWeightsError, from_pretrained
 
-            assert zero123pp is not None
-            self.dtype = _resolve_dtype(dtype, self.device)
+            assert options.zero123pp is not None  # validate() checked it
+            self.dtype = _resolve_dtype(options.dtype, self.device)
             try:
                 self.pipe = from_pretrained(
-                    zero123pp, torch_dtype=self.dtype, white_background_unet=unet
+                    options.zero123pp, torch_dtype=self.dtype, white_background_unet=options.unet
                 )
             except (Zero123ppWeightsError, FileNotFoundError) as e:
                 raise PredictorError(f"instantmesh: {e}") from e
             self.pipe.to(self.device)
             self.pipe.set_progress_bar_config(disable=True)
-            self.zero123pp = zero123pp_identity(zero123pp, unet)
+            self.zero123pp = zero123pp_identity(options.zero123pp, options.unet)
 
     def _generated_views(
         self, item: PredictorInput
