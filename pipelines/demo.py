@@ -8,6 +8,7 @@ Steps (each resumable; re-running the demo on the same ``--out`` skips finished 
 4. ``filter``: the five criteria (cascade) -> ``filter/filtered_obj_name.json`` + funnel;
 5. ``render``: the kept objects' 32 training views (Blender Cycles when bpy is installed, else
    the CPU rasterizer; small size and few samples so it stays fast on 2 cores);
+   then ``shards``: those renders as WebDataset tar shards (``imesh shards``) in ``shards/``;
 6. ``evalset``: GSO- and Omni3D-shaped evaluation sets (GT meshes + GT views);
 7. ``benchmark``: ``visual-hull`` and ``oracle`` predictions -> metrics -> run records ->
    paper-style tables + HTML report.
@@ -17,6 +18,7 @@ It ends with a summary of what happened and where the outputs are.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +40,7 @@ from pipelines.render import RenderConfig, run_render
 from pipelines.report import ReportConfig, run_report
 from pipelines.runner import RunOptions, StageReport
 from pipelines.schema import read_parquet
+from pipelines.shards import ShardsConfig, run_shards
 from pipelines.summary import errors_table, make_console, stage_table
 
 
@@ -124,6 +127,18 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> list[StageRepor
                 manifest=table,
             )
         )
+        shards = run_shards(
+            ShardsConfig(
+                renders=str(out / "renders"),
+                out=str(out / "shards"),
+                run=dataclasses.replace(cfg.run, shard_size=1),
+            )
+        )
+        reports.append(shards.report)
+        console.print(
+            f"    shards: {shards.report.ok} WebDataset tar shard(s), {shards.objects} objects, "
+            f"{shards.bytes / 1e6:.1f} MB -> {out / 'shards'}"
+        )
 
         console.print(f"[bold]6/7 evalset[/] GSO- and Omni3D-shaped -> {out / 'evalsets'}")
         for dataset, root in (("gso", paths["gso"]), ("omni3d", paths["omni3d"])):
@@ -167,6 +182,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> list[StageRepor
         "outputs:\n"
         f"  filter:     {out / 'filter'}/filtered_obj_name.json, funnel.md, filter_decisions.parquet\n"
         f"  renders:    {out / 'renders' / 'rendering_random_32views'}/<uid>/\n"
+        f"  shards:     {out / 'shards'}/shard-*.tar, index.parquet, _SUCCESS.json\n"
         f"  evalsets:   {out / 'evalsets'}/{{gso,omni3d}}/objects/<uid>/\n"
         f"  runs:       {out / 'runs'}/{{visual-hull,oracle}}/metrics/*.parquet\n"
         f"  report:     {out / 'report'}/tables.md, tables.tex, report.html"
