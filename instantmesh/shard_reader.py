@@ -345,14 +345,23 @@ def iter_tar(url: str, *, storage_options: Mapping[str, Any] | None = None) -> I
         raise ShardError("", url, None, "shard file not found") from e
 
 
-def shard_sample_counts(source: str | os.PathLike[str]) -> dict[str, int] | None:
-    """Samples per shard file name from ``index.parquet`` beside the shards (None without)."""
+def shard_sample_counts(source: str | os.PathLike[str]) -> tuple[dict[str, int], str] | None:
+    """``({shard file name: samples}, where it was read)``: from ``_SUCCESS.json`` (its
+    ``shards`` list) or else from ``index.parquet`` beside the shards; None when neither says."""
     import pyarrow.parquet as pq
 
     url = os.fspath(source)
+    if url.endswith(".tar"):
+        return None
+    marker = read_success(url) or {}
+    listed = marker.get("shards")
+    if isinstance(listed, list) and all(
+        isinstance(s, dict) and "name" in s and "objects" in s for s in listed
+    ):
+        return {str(s["name"]): int(s["objects"]) for s in listed}, SUCCESS_NAME
     fs, path = filesystem(url)
     index = join(path, INDEX_NAME)
-    if url.endswith(".tar") or not fs.exists(index):
+    if not fs.exists(index):
         return None
     with fs.open(index, "rb") as f:
         table = pq.read_table(f, columns=["shard", "key"])
@@ -360,7 +369,7 @@ def shard_sample_counts(source: str | os.PathLike[str]) -> dict[str, int] | None
     pairs = set(zip(table["shard"].to_pylist(), table["key"].to_pylist(), strict=True))
     for shard, _ in pairs:
         counts[shard] = counts.get(shard, 0) + 1
-    return counts
+    return counts, INDEX_NAME
 
 
 @dataclass(frozen=True)
@@ -457,7 +466,15 @@ class ShardReader:
             raise ValueError("pass both rank and world_size, or neither")
         self.source = shards if isinstance(shards, str | os.PathLike) else list(shards)
         self.urls = list_shards(shards)
-        self.counts = shard_sample_counts(shards) if isinstance(shards, str | os.PathLike) else None
+        folder = shards if isinstance(shards, str | os.PathLike) else None
+        self.marker = (read_success(folder) if folder is not None else None) or {}
+        counted = shard_sample_counts(folder) if folder is not None else None
+        self.counts: dict[str, int] | None = counted[0] if counted else None
+        """Samples per shard file name (None: unknown, e.g. for a list of URLs)."""
+        self.counts_from = counted[1] if counted else ""
+        members = self.marker.get("members")
+        self.members: tuple[str, ...] = tuple(members) if isinstance(members, list) else ()
+        """File names every sample must hold (``_SUCCESS.json`` ``members``; empty: unknown)."""
         self.rank, self.world_size = rank, world_size
         self.split = split
         self.shuffle = shuffle
@@ -491,30 +508,41 @@ class ShardReader:
         split = split or current_split(self.rank, self.world_size)
         shards, per_sample = self.plan(split)
         for number, url in shards:
-            seen = 0
+            seen, last = 0, ""
             try:
                 for sample in iter_tar(url, storage_options=self.storage_options):
-                    seen += 1
+                    seen, last = seen + 1, sample.uid
                     if per_sample and (sample.position + number) % split.total != split.index:
                         continue
                     yield sample
-                self._check_count(url, seen)
+                self._check_count(url, seen, last)
             except ShardError as e:
                 if on_shard_error is None:
                     raise
                 on_shard_error(e)
 
-    def _check_count(self, url: str, seen: int) -> None:
+    def check_members(self, sample: TarSample) -> None:
+        """Raise :class:`MissingMemberError` when ``sample`` lacks a file the set's
+        ``_SUCCESS.json`` lists for every sample (even one the dataset does not decode)."""
+        missing = [m for m in self.members if m not in sample.members]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise MissingMemberError(
+                sample.uid, sample.shard, missing[0], f"not in the shard sample{more}"
+            )
+
+    def _check_count(self, url: str, seen: int, last: str) -> None:
         if self.counts is None:
             return
-        name = url.rsplit("/", 1)[-1]
-        want = self.counts.get(name)
+        want = self.counts.get(url.rsplit("/", 1)[-1])
         if want is not None and seen != want:
+            after = f" (the last is {last!r})" if last else ""
             raise ShardError(
                 "",
                 url,
                 None,
-                f"{seen} samples in the tar, {INDEX_NAME} lists {want} (truncated or rewritten)",
+                f"{seen} samples in the tar{after}, {self.counts_from} lists {want}: "
+                "truncated or rewritten",
             )
 
     def __iter__(self) -> Iterator[TarSample]:
@@ -605,13 +633,6 @@ class SampleDataset(torch.utils.data.IterableDataset[dict[str, Any]]):
         if is_shard_source(source):
             if uids is not None:
                 raise ValueError("uids select object folders; a shard set is read whole")
-            if isinstance(source, str | os.PathLike):
-                marker = read_success(source) or {}
-                if marker.get("layout", self.layout) != self.layout:
-                    raise ValueError(
-                        f"{os.fspath(source)} holds {marker.get('layout')!r} shards, "
-                        f"not {self.layout!r}"
-                    )
             self.reader = ShardReader(
                 source,
                 rank=rank,
@@ -621,6 +642,9 @@ class SampleDataset(torch.utils.data.IterableDataset[dict[str, Any]]):
                 seed=seed,
                 storage_options=storage_options,
             )
+            found = self.reader.marker.get("layout", self.layout)
+            if found != self.layout:
+                raise ValueError(f"{source} holds {found!r} shards, not {self.layout!r}")
         else:
             self.image_root = self._find_image_root(Path(os.fspath(source)))  # type: ignore[arg-type]
             self.uids = self._object_uids(uids)
@@ -725,6 +749,8 @@ class SampleDataset(torch.utils.data.IterableDataset[dict[str, Any]]):
         shard_errors = None if self.on_error == "raise" else skip
         for sample in self._raw_samples(split, shard_errors):  # type: ignore[arg-type]
             try:
+                if self.reader is not None and isinstance(sample, TarSample):
+                    self.reader.check_members(sample)
                 item = self.decode(sample)
             except SampleError as e:
                 if self.on_error == "raise":
