@@ -219,6 +219,8 @@ class Measured:
     skipped: int
     untimed: int
     """Rows without seconds (a lost worker's objects): not resampled."""
+    timed_not_ok: int
+    """Timed rows that are failed or skipped: resampled with the ok ones."""
     dataset: str | None
     backend: str | None
     layout: str | None
@@ -348,6 +350,7 @@ def measure_stage(name: str, sdir: str) -> Measured:
     seconds_col = status["seconds"].cast(pa.float64())
     timed = pc.is_valid(seconds_col)
     seconds = seconds_col.filter(timed).to_numpy(zero_copy_only=False)
+    timed_states = status["status"].filter(timed).to_pylist()
     config, note = _read_config(sdir)
     layout = config.get("layout")
     size = config.get("size")
@@ -361,7 +364,8 @@ def measure_stage(name: str, sdir: str) -> Measured:
         ok=n_ok,
         failed=states.count("failed"),
         skipped=states.count("skipped"),
-        untimed=status.num_rows - int(pc.sum(timed.cast(pa.int64())).as_py() or 0),
+        untimed=status.num_rows - int(seconds.size),
+        timed_not_ok=int(seconds.size) - sum(s == "ok" for s in timed_states),
         dataset=_dataset(name, config),
         backend=str(config["backend"]) if config.get("backend") else None,
         layout=str(layout) if layout else None,
@@ -581,8 +585,8 @@ def _describe(m: Measured) -> str:
         parts.append(f"fixed overhead {m.overhead_s:.1f} s (latest run's start-up, added once)")
     else:
         parts.append("fixed overhead not recorded (none added)")
-    if m.failed or m.skipped:
-        share = (m.failed + m.skipped) / max(1, m.ok + m.failed + m.skipped)
+    if m.timed_not_ok:
+        share = m.timed_not_ok / m.seconds.size
         parts.append(
             f"failed/skipped rows resampled with the ok ones ({share:.1%}): their seconds are "
             "spent too; about that share of the target would not be ok, and retries are not "
@@ -675,19 +679,21 @@ def _assumptions(cfg: PlanConfig, cpu: float, measured: list[Measured]) -> list[
 # ---------------------------------------------------------------------------------------------
 
 
-def format_duration(seconds: float) -> str:
-    """``42 s``, ``12.5 min``, ``6.94 h``, ``3.2 d``."""
-    if seconds < 120:
-        return f"{seconds:.3g} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.3g} min"
-    if seconds < 48 * 3600:
-        return f"{seconds / 3600:.3g} h"
+DURATION_UNITS = ((120.0, 1.0, "s"), (2 * 3600.0, 60.0, "min"), (48 * 3600.0, 3600.0, "h"))
+
+
+def format_duration(seconds: float, like: float | None = None) -> str:
+    """``42 s``, ``12.5 min``, ``6.94 h``, ``3.2 d``: the unit that suits ``like`` (default:
+    ``seconds`` itself), so that the ends of a range share their median's unit."""
+    ref = seconds if like is None else like
+    for below, divisor, unit in DURATION_UNITS:
+        if ref < below:
+            return f"{seconds / divisor:.3g} {unit}"
     return f"{seconds / 86400:.3g} d"
 
 
-def _range_text(r: Range, fmt: Any) -> str:
-    return f"{fmt(r.p10)} - {fmt(r.p90)}"
+def _wall_range(r: Range) -> str:
+    return f"{format_duration(r.p10, r.p50)} - {format_duration(r.p90, r.p50)}"
 
 
 def plan_table(plan: Plan) -> Table:
@@ -714,17 +720,18 @@ def plan_table(plan: Plan) -> Table:
 
     def row(name: str, objects: str, measured: str, per: str, wall: Range) -> list[str]:
         cells = [name, objects, measured, per, format_duration(wall.p50)]
-        cells += [_range_text(wall, format_duration), hours(plan.worker_hours(wall).p50)]
+        cells += [_wall_range(wall), hours(plan.worker_hours(wall).p50)]
         gpu_hours = plan.gpu_hours(wall)
         cells += [hours(gpu_hours.p50)] if gpu_hours is not None else []
         c = plan.cost(wall)
-        cells += [money(c.p50), _range_text(c, money)] if c is not None else []
+        cells += [money(c.p50), f"{money(c.p10)} - {money(c.p90)}"] if c is not None else []
         return cells
 
     for s in plan.stages:
         m = s.measured
         per = f"{np.median(m.seconds) * s.pixel_scale:.3g}"
-        table.add_row(*row(m.stage, f"{s.objects:,}", str(m.seconds.size), per, s.wall_s))
+        timed = f"{m.seconds.size}" + (f" ({m.timed_not_ok} not ok)" if m.timed_not_ok else "")
+        table.add_row(*row(m.stage, f"{s.objects:,}", timed, per, s.wall_s))
     if len(plan.stages) > 1:
         table.add_row(*row("total", "", "", "", plan.wall_s), style="bold")
     return table
@@ -767,7 +774,7 @@ def print_plan(plan: Plan, console: Console) -> None:
     total = plan.wall_s
     share = max(s.wall_s.p50 for s in plan.stages) / total.p50 if total.p50 > 0 else 1.0
     console.print(
-        f"wall {format_duration(total.p50)} (p10 - p90 {_range_text(total, format_duration)}); "
+        f"wall {format_duration(total.p50)} (p10 - p90 {_wall_range(total)}); "
         f"biggest stage: {plan.biggest} ({share:.0%} of the median wall)"
     )
     if plan.cluster:
