@@ -220,7 +220,7 @@ def _runs_section(records_list: Sequence[RunRecords]) -> str:
                 "LPIPS",
                 f"{info.lpips_backbone or 'none'}"
                 + ("" if info.lpips_usable else " (not usable: values not shown)")
-                + "".join(f". {hint}" for hint in lpips_hints([r])),
+                + "".join(f" · {hint}" for hint in lpips_hints([r])),
             ),
             ("location", r.uri or "(in memory)"),
         ]

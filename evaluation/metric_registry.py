@@ -25,16 +25,18 @@ entries too: per object, same direction and tolerance as their protocol columns,
 (only runs evaluated with ``--align search`` hold values), so tables show them and compare
 checks them only when a run has them.
 
-This module is plain Python (pyarrow only); it imports nothing else from the project.
+This module is plain Python (pyarrow, imported on first use of a column); it imports nothing
+else from the project, so command-line help can read it cheaply.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import pyarrow as pa
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = [
     "METRICS",
@@ -107,6 +109,8 @@ class Metric:
     @property
     def column(self) -> pa.Field:
         """The run-records column."""
+        import pyarrow as pa
+
         return pa.field(self.name, pa.float64(), nullable=not self.required)
 
 

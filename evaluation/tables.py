@@ -768,7 +768,9 @@ def paper_tables(
         with_images = {ds for (_p, ds, _vs) in img}
         extra |= {(ds, "orbit") for (_p, ds) in st if ds not in with_images | covered_datasets}
     for ds, vs in sorted(extra):
-        base = IMAGE_METRICS + (GEOMETRY_METRICS if vs == "orbit" else ())
+        base = metric_names("view", optional=False)
+        if vs == "orbit":
+            base += metric_names("object", optional=False)
         metrics = _with_optional(base, ds, vs, prepared)
         ours = []
         for r, img, geo, st in prepared:
@@ -829,12 +831,15 @@ def _table_notes(
 
 def lpips_hints(runs: Iterable[RunRecords]) -> list[str]:
     """One line per LPIPS backbone whose weights the runs lacked: the file needed, where it goes
-    and the command that installs it from a local copy (:func:`evaluation.metrics.
-    lpips_install_hint`), followed by the re-run that fills the column."""
+    and the command that installs it from a local copy
+    (:func:`evaluation.metrics.lpips_install_hint`), then one line saying how the column gets
+    filled. Empty when no run lacked weights."""
     from evaluation.metrics import lpips_install_hint
 
     nets = sorted({n for r in runs if (n := _lpips_missing_net(r.info)) is not None})
-    return [
-        f"{lpips_install_hint(net)}, then re-run imesh evaluate (finished renders are reused)."
-        for net in nets
+    if not nets:
+        return []
+    return [lpips_install_hint(net) for net in nets] + [
+        "After installing, run imesh evaluate on the run again: its objects are evaluated "
+        "anew, with LPIPS."
     ]

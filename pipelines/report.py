@@ -9,6 +9,10 @@ aggregates them into the InstantMesh paper's Tables 2-4 beside the reference num
 - ``report.html`` a self-contained HTML report (:mod:`evaluation.html_report`),
 - ``report_config.yaml`` the resolved config with provenance.
 
+When a run's LPIPS column reads ``n/a`` for lack of backbone weights, the tables' notes and the
+terminal say which file is needed, where it goes and the command that installs it from a local
+copy (:func:`evaluation.metrics.lpips_install_hint`).
+
 Exit code 0. Bad input (a missing run directory, a malformed run, a bad reference file) raises
 an :class:`evaluation.run_records.EvaluationInputError` (a ``ValueError``) naming the problem;
 the CLI reports it as a one-line error with exit 2 once ``pipelines.errors.USER_ERRORS`` lists it.
@@ -81,10 +85,11 @@ def run_report(cfg: ReportConfig) -> int:
 
     from rich.markdown import Markdown
 
-    from pipelines.summary import make_console
+    from pipelines.summary import make_console, print_lpips_hints
 
     console = make_console()
     if cfg.print_tables:
         console.print(Markdown(markdown))
+    print_lpips_hints(runs, console)
     console.print(f"report: {len(runs)} run(s), {len(tables)} table(s) -> " + ", ".join(written))
     return 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import collections
 import os
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -13,6 +14,9 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.runner import StageReport, error_histogram
+
+if TYPE_CHECKING:
+    from evaluation.run_records import RunRecords
 
 #: Width of tables written to something that is not a terminal (logs, CI, pipes): rich's
 #: default of 80 columns truncates run names, verdicts and intervals there.
@@ -89,3 +93,16 @@ def print_status(status: pa.Table, console: Console | None = None) -> dict[str, 
             f"max {pc.max(seconds).as_py():.3f}"
         )
     return {"counts": dict(counts), "errors": errors}
+
+
+def print_lpips_hints(runs: Sequence[RunRecords], console: Console | None = None) -> list[str]:
+    """Say, once per missing LPIPS backbone of ``runs``, which file is needed, where it goes
+    and the one command that installs it from a local copy (an LPIPS column that reads ``n/a``
+    for lack of weights). Returns the lines printed."""
+    from evaluation.tables import lpips_hints
+
+    lines = lpips_hints(runs)
+    console = console or make_console()
+    for line in lines:
+        console.print(f"LPIPS n/a: {line}", markup=False, highlight=False, soft_wrap=True)
+    return lines
