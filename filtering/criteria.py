@@ -1,9 +1,10 @@
-"""The Objaverse filter criteria (InstantMesh section 3 / FACTS "Training data") as plain functions.
+"""The Objaverse filter criteria (InstantMesh, arXiv 2404.07191, section 3; docs/protocol.md
+"Training-data filter") as plain functions, and their registry.
 
-Each criterion answers pass/fail plus a reason. Reason *names* are fixed strings (the
-``REASONS`` tuple); a reason *string* returned by a check starts with its name, then ``": "`` and
-a human-readable detail (``"no_texture: /x/a.glb: ..."``); ``reason_name`` recovers the name. A
-passing check returns ``None`` as its reason.
+Each criterion answers pass/fail plus a reason. Reason *names* are the registry's keys
+(:data:`FILTER_CRITERIA`); a reason *string* returned by a check starts with its name, then
+``": "`` and a human-readable detail (``"no_texture: /x/a.glb: ..."``); ``reason_name`` recovers
+the name. A passing check returns ``None`` as its reason.
 
 Rules (the exact definitions live in each function's docstring):
 
@@ -14,21 +15,32 @@ Rules (the exact definitions live in each function's docstring):
   declared one must decode; vertex colours and flat colour factors are not textures.
 - ``multiple_parts`` (file): more than one group of connected components after grouping parts
   whose bounding boxes overlap or nearly touch (see ``multiple_parts_check``).
-- ``tiny_in_view`` (renders): some view's alpha coverage is below 10% (see ``coverage_check``).
-- ``unreadable`` (file): the file cannot be loaded as a triangle mesh.
+- ``tiny_in_view`` (coverage): some view's alpha coverage is below 10% (see ``coverage_check``).
+- ``unreadable`` (file, a gate): the file cannot be loaded as a triangle mesh.
 
-No Ray here: ``pipelines/`` maps these over datasets; ``filtering.metadata_pass`` is the
-vectorised form of the two metadata rules over a whole table.
+**Registry** (:data:`FILTER_CRITERIA`, bottom of this module): one :class:`Criterion` entry per
+criterion holding its name, its stage in the cascade (:data:`CASCADE_STAGES`: metadata ->
+files -> coverage), a one-line description (funnel report, ``imesh filter --help``) and its
+check function. The filter (``pipelines.filter``), the decision table and funnel
+(``filtering.funnel``) and the metadata pass (``filtering.metadata_pass``) read the cascade from
+it. Adding a criterion is its check function plus one entry; what a check receives and returns
+depends on its stage (see :data:`CASCADE_STAGES`).
+
+No Ray here: ``pipelines/`` maps these over datasets; ``filtering.metadata_pass`` runs the
+metadata criteria vectorised over a whole table.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse
 import scipy.sparse.csgraph
 import trimesh
@@ -47,8 +59,6 @@ MULTIPLE_PARTS = "multiple_parts"
 NO_CAPTION = "no_caption"
 LOWPOLY = "lowpoly"
 UNREADABLE = "unreadable"
-REASONS = (NO_TEXTURE, TINY_IN_VIEW, MULTIPLE_PARTS, NO_CAPTION, LOWPOLY, UNREADABLE)
-"""Every reason name a criterion can give, in the order reports list them."""
 
 COVERAGE_THRESHOLD = 0.10
 """Minimum alpha coverage of every rendered view (paper: objects under 10% of the image)."""
@@ -86,10 +96,13 @@ class PartsCheck(NamedTuple):
 
 
 def reason_name(reason: str) -> str:
-    """The reason name a reason string starts with (``"no_texture: ..."`` -> ``"no_texture"``)."""
+    """The reason name a reason string starts with (``"no_texture: ..."`` -> ``"no_texture"``);
+    ``ValueError`` unless it is a registered criterion (:data:`FILTER_CRITERIA`)."""
     name = reason.split(":", 1)[0].strip()
-    if name not in REASONS:
-        raise ValueError(f"{reason!r} does not start with a reason name (one of {REASONS})")
+    if name not in FILTER_CRITERIA:
+        raise ValueError(
+            f"{reason!r} does not start with a reason name (one of {tuple(FILTER_CRITERIA)})"
+        )
     return name
 
 
@@ -127,6 +140,50 @@ def has_caption(uid: str, captions: Mapping[str, str | None]) -> bool:
     ``str.strip()`` (Unicode whitespace)."""
     caption = captions.get(uid)
     return caption is not None and caption.strip() != ""
+
+
+# Vectorised forms over pyarrow columns: the same rules, evaluated column-wise (no Python code
+# per row); ``filtering.metadata_pass`` runs them over a whole annotation table.
+
+
+def _as_array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    if isinstance(column, pa.ChunkedArray):
+        return column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    return column
+
+
+def lowpoly_strings(strings: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Vectorised ``lowpoly_text``: a boolean numpy mask (nulls -> False)."""
+    split = pc.replace_substring_regex(strings, CAMEL_BOUNDARY, CAMEL_REPLACEMENT)
+    matched = pc.fill_null(pc.match_substring_regex(split, LOWPOLY_PATTERN), False)
+    return np.asarray(_as_array(matched).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def lowpoly_column(
+    names: pa.Array | pa.ChunkedArray, tags: pa.Array | pa.ChunkedArray
+) -> np.ndarray:
+    """Vectorised ``is_lowpoly`` over aligned ``names`` and ``tags`` (list) columns: the tags
+    list column is flattened once, the regex (RE2, same pattern) runs over all tags and names,
+    and matches are scattered back to rows with ``list_parent_indices``."""
+    out = lowpoly_strings(names)
+    tag_lists = _as_array(tags)
+    if len(tag_lists) == 0:
+        return out
+    if not (pa.types.is_list(tag_lists.type) or pa.types.is_large_list(tag_lists.type)):
+        raise TypeError(f"tags must be a list<string> column, got {tag_lists.type}")
+    flat = pc.list_flatten(tag_lists)  # null lists contribute no values
+    if len(flat):
+        parents = np.asarray(pc.list_parent_indices(tag_lists).to_numpy(), dtype=np.int64)
+        out[parents[lowpoly_strings(flat)]] = True
+    return out
+
+
+def no_caption_column(captions: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Vectorised ``not has_caption``: null, or empty after trimming Unicode whitespace
+    (``utf8_trim_whitespace`` trims exactly what ``str.strip()`` strips)."""
+    length = pc.utf8_length(pc.utf8_trim_whitespace(captions))
+    missing = pc.fill_null(pc.equal(length, 0), True)
+    return np.asarray(_as_array(missing).to_numpy(zero_copy_only=False), dtype=bool)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,29 +368,250 @@ def geometry_only_mesh(scene: trimesh.Scene, where: str = "mesh") -> trimesh.Tri
 def file_checks(
     path: str | os.PathLike[str], gap_ratio: float = 0.05, min_part_ratio: float = 0.01
 ) -> list[str]:
-    """Reason strings of the file criteria for one mesh file, loading it once.
+    """Reason strings of the file criteria (the registry's ``files`` stage) for one mesh file,
+    loading it once (:class:`MeshFile`).
 
-    ``[]`` if the file passes ``no_texture`` and ``multiple_parts``; ``["unreadable: ..."]``
-    alone if it cannot be loaded as a triangle mesh (then nothing else is checked). A texture
-    that fails to decode gives ``no_texture`` only; the geometry is still checked
-    (``geometry_only_mesh``).
+    ``[]`` if the file passes them all; ``["unreadable: ..."]`` alone if it cannot be loaded as a
+    triangle mesh (``unreadable`` is a gate: nothing else is checked). A texture that fails to
+    decode gives ``no_texture`` only; the geometry is still checked (``geometry_only_mesh``).
     """
+    params = CriterionParams(gap_ratio=gap_ratio, min_part_ratio=min_part_ratio)
+    return object_reasons("files", MeshFile(path), params)
+
+
+class MeshFile:
+    """One mesh file as the ``files`` criteria see it: loaded on first use, at most once.
+
+    ``scene`` is the file as loaded (materials kept, for ``no_texture``); ``mesh`` is its
+    world-space geometry without visuals (``geometry_only_mesh``). Both raise
+    ``MeshLoadError`` when the file cannot be loaded as a triangle mesh (``unreadable``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = path
+        self.where = str(path)
+        self._loaded: tuple[trimesh.Scene, trimesh.Trimesh] | None = None
+        self._error: MeshLoadError | None = None
+
+    def load(self) -> tuple[trimesh.Scene, trimesh.Trimesh]:
+        """``(scene, mesh)``, loading the file on the first call."""
+        if self._loaded is None and self._error is None:
+            try:
+                scene = load_scene(self.path)
+                self._loaded = (scene, geometry_only_mesh(scene, where=self.where))
+            except MeshLoadError as e:
+                self._error = e
+        if self._error is not None:
+            raise self._error
+        assert self._loaded is not None
+        return self._loaded
+
+    @property
+    def scene(self) -> trimesh.Scene:
+        return self.load()[0]
+
+    @property
+    def mesh(self) -> trimesh.Trimesh:
+        return self.load()[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry: one entry per criterion.
+# ---------------------------------------------------------------------------------------------
+
+CascadeStage = Literal["metadata", "files", "coverage"]
+
+CASCADE_STAGES: tuple[CascadeStage, ...] = ("metadata", "files", "coverage")
+"""The cascade's stages in the order they run, and what a check of each stage gets and gives:
+
+- ``metadata``: ``check(table, params) -> numpy bool mask`` (True = the row fails) over the
+  whole annotation table (``uid``, ``name``, ``tags``, ``caption``; the entry's ``columns`` say
+  which it reads). Runs in the driver, vectorised (~1 M rows/s).
+- ``files``: ``check(MeshFile, params) -> reason string | None``, per object on Ray workers;
+  the file is loaded once for all of them (texture + connected parts).
+- ``coverage``: ``check(per-view alpha coverage fractions, params) -> reason string | None``;
+  the coverages come from a silhouette pass of the survivors (or existing renders), the most
+  expensive input, so this stage runs last."""
+
+
+@dataclass(frozen=True)
+class CriterionParams:
+    """The thresholds the checks read (``imesh filter`` options of the same names)."""
+
+    gap_ratio: float = 0.05
+    """``multiple_parts``: parts farther apart than this x the bbox diagonal are separate."""
+    min_part_ratio: float = 0.01
+    """``multiple_parts``: parts smaller than this x the bbox diagonal are ignored."""
+    coverage_threshold: float = COVERAGE_THRESHOLD
+    """``tiny_in_view``: minimum alpha coverage of every view."""
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One filter criterion."""
+
+    name: str
+    """Reason name: its decision column, its funnel row and the first word of its reasons."""
+    stage: CascadeStage
+    """The cascade stage that decides it (:data:`CASCADE_STAGES`)."""
+    description: str
+    """One line for the funnel report and ``imesh filter --help``."""
+    check: Callable[[Any, CriterionParams], Any]
+    """``(subject, params)``: subject and result depend on the stage (:data:`CASCADE_STAGES`).
+    A failing per-object check returns a reason string that starts with ``name``."""
+    gate: bool = False
+    """Failing it means the object cannot be judged further (``unreadable``): the rest of its
+    stage and every later stage are not evaluated (null), with or without the cascade."""
+    columns: tuple[str, ...] = ()
+    """``metadata`` criteria: the annotation-table columns the check reads."""
+
+    def __post_init__(self) -> None:
+        if self.stage not in CASCADE_STAGES:
+            raise ValueError(f"criterion {self.name!r}: stage must be one of {CASCADE_STAGES}")
+        if self.stage == "metadata" and (self.gate or not self.columns):
+            raise ValueError(
+                f"criterion {self.name!r}: a metadata criterion names its columns and is no gate"
+            )
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name) or self.name in _RESERVED_COLUMNS:
+            raise ValueError(f"criterion name {self.name!r} cannot be a decision column")
+
+
+_RESERVED_COLUMNS = frozenset(
+    {"uid", "error", "kept", "reasons", "details", "min_coverage", "metadata_ok"}
+)
+"""Columns of the decision and metadata tables that are not criteria."""
+
+
+def no_caption_mask(table: pa.Table, params: CriterionParams) -> np.ndarray:
+    """``no_caption`` over an annotation table (``no_caption_column`` of ``caption``)."""
+    del params
+    return no_caption_column(table["caption"])
+
+
+def lowpoly_mask(table: pa.Table, params: CriterionParams) -> np.ndarray:
+    """``lowpoly`` over an annotation table (``lowpoly_column`` of ``name`` and ``tags``)."""
+    del params
+    return lowpoly_column(table["name"], table["tags"])
+
+
+def unreadable_reason(file: MeshFile, params: CriterionParams) -> str | None:
+    """``unreadable``: the file cannot be loaded as a triangle mesh (the loader's message names
+    the file)."""
+    del params
     try:
-        scene = load_scene(path)
-        mesh = geometry_only_mesh(scene, where=str(path))
+        file.load()
     except MeshLoadError as e:
-        return [f"{UNREADABLE}: {e}"]
-    reasons = []
-    texture = texture_check_scene(scene, str(path))
-    if texture.reason is not None:
-        reasons.append(texture.reason)
-    parts = multiple_parts_check(mesh, gap_ratio=gap_ratio, min_part_ratio=min_part_ratio)
-    if parts.reason is not None:
-        reasons.append(parts.reason)
+        return f"{UNREADABLE}: {e}"
+    return None
+
+
+def no_texture_reason(file: MeshFile, params: CriterionParams) -> str | None:
+    """``no_texture`` (rule: ``texture_check_scene``)."""
+    del params
+    return texture_check_scene(file.scene, file.where).reason
+
+
+def multiple_parts_reason(file: MeshFile, params: CriterionParams) -> str | None:
+    """``multiple_parts`` (rule: ``multiple_parts_check``)."""
+    return multiple_parts_check(
+        file.mesh, gap_ratio=params.gap_ratio, min_part_ratio=params.min_part_ratio
+    ).reason
+
+
+def tiny_in_view_reason(coverages: Sequence[float], params: CriterionParams) -> str | None:
+    """``tiny_in_view`` (rule: ``coverage_check``)."""
+    return coverage_check(coverages, params.coverage_threshold).reason
+
+
+def _registry(*entries: Criterion) -> dict[str, Criterion]:
+    out: dict[str, Criterion] = {}
+    for c in entries:
+        if c.name in out:
+            raise ValueError(f"criterion {c.name!r} registered twice")
+        out[c.name] = c
+    # cascade order: by stage, then in the order of registration
+    return dict(sorted(out.items(), key=lambda kv: CASCADE_STAGES.index(kv[1].stage)))
+
+
+FILTER_CRITERIA: dict[str, Criterion] = _registry(
+    Criterion(NO_CAPTION, "metadata", "no Cap3D caption", no_caption_mask, columns=("caption",)),
+    Criterion(
+        LOWPOLY, "metadata", "low-poly by tags or name", lowpoly_mask, columns=("name", "tags")
+    ),
+    Criterion(
+        UNREADABLE,
+        "files",
+        "GLB cannot be loaded as a triangle mesh",
+        unreadable_reason,
+        gate=True,
+    ),
+    Criterion(NO_TEXTURE, "files", "no decodable base-colour texture", no_texture_reason),
+    Criterion(MULTIPLE_PARTS, "files", "multiple separate objects", multiple_parts_reason),
+    Criterion(TINY_IN_VIEW, "coverage", "< 10 % of the image in some view", tiny_in_view_reason),
+)
+"""Every filter criterion, in cascade order (by stage, then as registered)."""
+
+REASONS: tuple[str, ...] = tuple(FILTER_CRITERIA)
+"""Every reason name a criterion can give, in cascade order (the registry's names)."""
+
+
+def stage_criteria(stage: CascadeStage) -> tuple[Criterion, ...]:
+    """The criteria ``stage`` decides, in cascade order."""
+    return tuple(c for c in FILTER_CRITERIA.values() if c.stage == stage)
+
+
+def criterion_names(stage: CascadeStage | None = None) -> tuple[str, ...]:
+    """Names of every criterion (or of ``stage``'s), in cascade order."""
+    return tuple(c.name for c in FILTER_CRITERIA.values() if stage in (None, c.stage))
+
+
+def gate_names() -> tuple[str, ...]:
+    """Criteria whose failure stops every later check of the object (``Criterion.gate``)."""
+    return tuple(c.name for c in FILTER_CRITERIA.values() if c.gate)
+
+
+def object_reasons(stage: CascadeStage, subject: Any, params: CriterionParams) -> list[str]:
+    """Run the per-object criteria of ``stage`` (``files`` or ``coverage``) on ``subject`` in
+    order; the reason strings of those that fail. Stops after a failing gate."""
+    if stage == "metadata":
+        raise ValueError("metadata criteria run over a table (filtering.metadata_pass)")
+    reasons: list[str] = []
+    for c in stage_criteria(stage):
+        reason = c.check(subject, params)
+        if reason is None:
+            continue
+        if reason_name(reason) != c.name:
+            raise ValueError(f"criterion {c.name!r} gave a reason of another name: {reason!r}")
+        reasons.append(reason)
+        if c.gate:
+            break
     return reasons
 
 
+def stage_flags(stage: CascadeStage, reasons: Iterable[str]) -> dict[str, bool]:
+    """Decision flags (True = fails) of ``stage``'s criteria from the reason strings its checks
+    gave (``object_reasons``); criteria after a failing gate are absent (not evaluated)."""
+    failed = {reason_name(r) for r in reasons}
+    flags: dict[str, bool] = {}
+    for c in stage_criteria(stage):
+        flags[c.name] = c.name in failed
+        if c.gate and flags[c.name]:
+            break
+    return flags
+
+
+def criteria_help() -> str:
+    """The cascade as one help paragraph: stages in order, each criterion with its meaning."""
+    parts = []
+    for stage in CASCADE_STAGES:
+        items = ", ".join(f"{c.name} ({c.description})" for c in stage_criteria(stage))
+        parts.append(f"{stage}: {items}")
+    return "Criteria in cascade order: " + "; ".join(parts) + "."
+
+
 __all__ = [
+    "CASCADE_STAGES",
+    "FILTER_CRITERIA",
     "LOWPOLY",
     "MULTIPLE_PARTS",
     "NO_CAPTION",
@@ -341,17 +619,30 @@ __all__ = [
     "REASONS",
     "TINY_IN_VIEW",
     "UNREADABLE",
+    "CascadeStage",
     "Check",
+    "Criterion",
+    "CriterionParams",
+    "MeshFile",
     "PartsCheck",
     "component_labels",
     "coverage_check",
+    "criteria_help",
+    "criterion_names",
     "file_checks",
+    "gate_names",
     "geometry_only_mesh",
     "has_caption",
     "is_lowpoly",
+    "lowpoly_column",
+    "lowpoly_strings",
     "lowpoly_text",
     "multiple_parts_check",
+    "no_caption_column",
+    "object_reasons",
     "reason_name",
+    "stage_criteria",
+    "stage_flags",
     "texture_check",
     "texture_check_scene",
 ]

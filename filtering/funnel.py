@@ -21,37 +21,24 @@ from typing import Any
 
 import pyarrow as pa
 
-from filtering.criteria import (
-    LOWPOLY,
-    MULTIPLE_PARTS,
-    NO_CAPTION,
-    NO_TEXTURE,
-    TINY_IN_VIEW,
-    UNREADABLE,
-)
+from filtering.criteria import CASCADE_STAGES, FILTER_CRITERIA, criterion_names
 
 ERROR = "error"
 """Reason of an object that could not be judged (it is dropped and listed, never kept)."""
 
-CASCADE: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("metadata", (NO_CAPTION, LOWPOLY)),
-    ("files", (UNREADABLE, NO_TEXTURE, MULTIPLE_PARTS)),
-    ("coverage", (TINY_IN_VIEW,)),
+CASCADE: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
+    (stage, criterion_names(stage)) for stage in CASCADE_STAGES
 )
-"""Stages in the order they run and the criteria each decides. Metadata criteria are
-vectorised over the whole annotation table (~1 M rows/s); file criteria load each surviving
-GLB once (texture + connected parts); the coverage criterion rasterizes silhouettes of the
-survivors of both, the most expensive step, last."""
+"""Stages in the order they run and the criteria each decides, from the criteria registry
+(``filtering.criteria.FILTER_CRITERIA``). Metadata criteria are vectorised over the whole
+annotation table (~1 M rows/s); file criteria load each surviving GLB once (texture + connected
+parts); the coverage criterion rasterizes silhouettes of the survivors of both, the most
+expensive step, last."""
 
-CRITERIA: tuple[str, ...] = tuple(c for _, cs in CASCADE for c in cs)
+CRITERIA: tuple[str, ...] = criterion_names()
 
 DESCRIPTIONS: dict[str, str] = {
-    NO_CAPTION: "no Cap3D caption",
-    LOWPOLY: "low-poly by tags or name",
-    UNREADABLE: "GLB cannot be loaded as a triangle mesh",
-    NO_TEXTURE: "no decodable base-colour texture",
-    MULTIPLE_PARTS: "multiple separate objects",
-    TINY_IN_VIEW: "< 10 % of the image in some view",
+    **{c.name: c.description for c in FILTER_CRITERIA.values()},
     ERROR: "could not be judged (error)",
 }
 
@@ -160,7 +147,7 @@ def funnel_markdown(
         )
     lines += [f"| **kept** | passes every criterion | {kept} | |", ""]
     lines.append(
-        "First-failing counts follow the cascade order (metadata -> files -> coverage) and add up "
+        f"First-failing counts follow the cascade order ({' -> '.join(CASCADE_STAGES)}) and add up "
         "to the input count with the kept objects. A criterion is evaluated only on objects that "
         "reached its stage, unless the filter ran with `--no-cascade`."
     )

@@ -1,5 +1,9 @@
 """``imesh filter``: the five-criteria high-quality Objaverse filter as a cascade on Ray.
 
+The cascade is read from the criteria registry (``filtering.criteria.FILTER_CRITERIA``: each
+criterion's name, stage, description and check); the stages below run whatever criteria it
+lists for them, in its order:
+
 1. **metadata** (driver, vectorised over the whole annotation table): ``no_caption``,
    ``lowpoly``. Objects whose metadata shard is missing, or whose GLB is not in the cache, are
    ``error`` (never kept, listed in the report).
@@ -29,17 +33,20 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pyarrow as pa
+import tyro
 
 from filtering.criteria import (
     COVERAGE_THRESHOLD,
-    TINY_IN_VIEW,
-    UNREADABLE,
-    coverage_check,
-    file_checks,
-    reason_name,
+    CriterionParams,
+    MeshFile,
+    criteria_help,
+    criterion_names,
+    gate_names,
+    object_reasons,
+    stage_flags,
 )
 from filtering.funnel import (
     Judgement,
@@ -52,7 +59,7 @@ from filtering.metadata_pass import metadata_pass
 from filtering.objaverse_cache import default_cache_root
 from pipelines import storage
 from pipelines.configs import NO_HASH, ConfigError, write_resolved_config
-from pipelines.fingerprint import row_mesh_inputs
+from pipelines.fingerprint import fingerprint, row_mesh_inputs
 from pipelines.ingest import IngestConfig, build_manifest
 from pipelines.runner import RunOptions, StageReport, run_stage
 from pipelines.schema import manifest_from_rows, read_manifest, read_parquet, write_parquet
@@ -74,8 +81,15 @@ class FilterConfig:
     already has a caption column."""
     manifest: str | None = None
     """An existing manifest from `imesh ingest` (with name, tags, caption) instead of the cache."""
-    cascade: bool = True
-    """Run expensive criteria only on survivors of the cheap ones (--no-cascade: all on all)."""
+    cascade: Annotated[
+        bool,
+        tyro.conf.arg(
+            help="Run expensive criteria only on survivors of the cheap ones (--no-cascade: all "
+            f"on all). {criteria_help()}"
+        ),
+    ] = True
+    """Run expensive criteria only on survivors of the cheap ones (--no-cascade: all on all);
+    the criteria and their stages come from ``filtering.criteria.FILTER_CRITERIA``."""
     coverage: Literal["silhouette", "renders"] = "silhouette"
     """Where per-view coverage comes from: a CPU silhouette pass, or existing training renders."""
     renders: str | None = None
@@ -114,11 +128,20 @@ FILES_SCHEMA = pa.schema([("reasons", pa.list_(pa.string()))])
 COVERAGE_SCHEMA = pa.schema([("coverage", pa.list_(pa.float64())), ("min_coverage", pa.float64())])
 
 
+def criterion_params(cfg: FilterConfig) -> CriterionParams:
+    """The thresholds the criteria's checks read, from the filter's options."""
+    return CriterionParams(
+        gap_ratio=cfg.gap_ratio,
+        min_part_ratio=cfg.min_part_ratio,
+        coverage_threshold=cfg.coverage_threshold,
+    )
+
+
 def files_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
     cfg: FilterConfig = ctx.config
     path, temporary = storage.local_path(row["mesh_uri"])
     try:
-        reasons = file_checks(path, gap_ratio=cfg.gap_ratio, min_part_ratio=cfg.min_part_ratio)
+        reasons = object_reasons("files", MeshFile(path), criterion_params(cfg))
     finally:
         if temporary:
             path.unlink(missing_ok=True)
@@ -147,11 +170,17 @@ def coverage_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
     return {"coverage": coverage, "min_coverage": min(coverage)}
 
 
+def files_inputs(row: dict[str, Any], cfg: Any) -> str:
+    """The GLB's content (a replaced GLB is judged again on resume) and the file criteria the
+    registry lists (a criterion added later is applied to objects judged before it)."""
+    return fingerprint(mesh=row_mesh_inputs(row, cfg), criteria=criterion_names("files"))
+
+
 FILES_STAGE = Stage(
     name="filter-files",
     process=files_item,
     result_schema=FILES_SCHEMA,
-    input_fingerprint=row_mesh_inputs,  # a replaced GLB is judged again on resume
+    input_fingerprint=files_inputs,
 )
 COVERAGE_STAGE = Stage(
     name="filter-coverage",
@@ -160,6 +189,26 @@ COVERAGE_STAGE = Stage(
     setup=_coverage_setup,
     input_fingerprint=row_mesh_inputs,
 )
+
+
+def check_filter_config(cfg: FilterConfig) -> pa.Table:
+    """Everything about a filter job that can be checked without Ray and without writing under
+    ``--out``: option values, the input paths, and the annotation table (returned)."""
+    if not 0.0 <= cfg.coverage_threshold <= 1.0:
+        raise ConfigError(f"--coverage-threshold must be in [0, 1], got {cfg.coverage_threshold}")
+    if cfg.coverage == "renders":
+        if not cfg.renders:
+            raise ConfigError("--coverage renders needs --renders <render output root>")
+        if not storage.exists(cfg.renders):
+            raise ConfigError(f"--renders {cfg.renders}: no such render output root")
+    if cfg.manifest is not None:
+        if not storage.exists(cfg.manifest):
+            raise ConfigError(f"--manifest {cfg.manifest}: no such file")
+    elif not storage.exists(cfg.cache):
+        raise ConfigError(f"--cache {cfg.cache}: no such Objaverse cache root")
+    if cfg.captions is not None and not storage.exists(cfg.captions):
+        raise ConfigError(f"--captions {cfg.captions}: no such file")
+    return _load_table(cfg)
 
 
 def _load_table(cfg: FilterConfig) -> pa.Table:
@@ -194,23 +243,17 @@ def _apply_stage(
 
 
 def _parse_files(j: Judgement, result: dict[str, Any]) -> None:
-    from filtering.criteria import MULTIPLE_PARTS, NO_TEXTURE
-
-    names = {reason_name(r) for r in result["reasons"]}
-    j.flags[UNREADABLE] = UNREADABLE in names
-    if UNREADABLE not in names:  # an unreadable file is not judged on anything else
-        for c in (NO_TEXTURE, MULTIPLE_PARTS):
-            j.flags[c] = c in names
+    # criteria after a failing gate (an unreadable file) stay unset: not judged
+    j.flags.update(stage_flags("files", result["reasons"]))
     j.details += list(result["reasons"])
 
 
-def _coverage_parser(threshold: float) -> Any:
+def _coverage_parser(params: CriterionParams) -> Any:
     def parse(j: Judgement, result: dict[str, Any]) -> None:
-        check = coverage_check(result["coverage"], threshold)
-        j.flags[TINY_IN_VIEW] = not check.ok
+        reasons = object_reasons("coverage", result["coverage"], params)
+        j.flags.update(stage_flags("coverage", reasons))
         j.min_coverage = float(result["min_coverage"])
-        if check.reason:
-            j.details.append(check.reason)
+        j.details += reasons
 
     return parse
 
@@ -220,7 +263,7 @@ def _coverage_from_renders(
 ) -> None:
     if not cfg.renders:
         raise ConfigError("--coverage renders needs --renders <render output root>")
-    parse = _coverage_parser(cfg.coverage_threshold)
+    parse = _coverage_parser(criterion_params(cfg))
     for uid in uids:
         folder = Path(cfg.renders) / LAYOUT_DIRS["instantmesh32"] / uid
         try:
@@ -231,21 +274,25 @@ def _coverage_from_renders(
             judgements[uid].error = f"coverage: no usable render record in {folder} ({e})"
 
 
-def run_filter(cfg: FilterConfig) -> FilterResult:
-    """Run the cascade (Ray must be initialised; see ``pipelines.ray_session``)."""
-    if not 0.0 <= cfg.coverage_threshold <= 1.0:
-        raise ConfigError(f"--coverage-threshold must be in [0, 1], got {cfg.coverage_threshold}")
+def run_filter(cfg: FilterConfig, table: pa.Table | None = None) -> FilterResult:
+    """Run the cascade (Ray must be initialised; see ``pipelines.ray_session``). ``table``: the
+    annotation table :func:`check_filter_config` returned (checked again otherwise); nothing is
+    written under ``--out`` before the inputs are checked."""
+    t0 = time.perf_counter()
+    if table is None:
+        table = check_filter_config(cfg)
     storage.makedirs(cfg.out)
     write_resolved_config(cfg, storage.join(cfg.out, "filter.config.yaml"))
     stats: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
-    table = _load_table(cfg)
+    params = criterion_params(cfg)
     uids: list[str] = table["uid"].to_pylist()
-    meta = metadata_pass(table)
+    meta = metadata_pass(table, params)
+    metadata_criteria = criterion_names("metadata")
+    gates = gate_names()
     judgements: dict[str, Judgement] = {}
     rows = table.to_pylist()
     for row, m in zip(rows, meta.to_pylist(), strict=True):
-        j = Judgement({"no_caption": m["no_caption"], "lowpoly": m["lowpoly"]}, [])
+        j = Judgement({c: m[c] for c in metadata_criteria}, [])
         j.details += [f"{r}: from metadata" for r in m["reasons"]]
         if row.get("metadata_error"):
             j.error = f"metadata: {row['metadata_error']}"
@@ -259,7 +306,7 @@ def run_filter(cfg: FilterConfig) -> FilterResult:
             r
             for r in rows
             if judgements[r["uid"]].error is None
-            and not judgements[r["uid"]].flags.get(UNREADABLE)
+            and not any(judgements[r["uid"]].flags.get(g) for g in gates)
             and (not cfg.cascade or not any(judgements[r["uid"]].flags.values()))
         ]
 
@@ -274,7 +321,7 @@ def run_filter(cfg: FilterConfig) -> FilterResult:
     if cfg.coverage == "silhouette":
         report = run_stage(COVERAGE_STAGE, cfg, _stage_manifest(todo), cfg.out, cfg.run)
         reports.append(report)
-        _apply_stage(report, judgements, "coverage", _coverage_parser(cfg.coverage_threshold))
+        _apply_stage(report, judgements, "coverage", _coverage_parser(params))
         seconds = report.seconds
     else:
         t1 = time.perf_counter()
