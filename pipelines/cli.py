@@ -16,19 +16,22 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from tyro.conf import Positional
+from tyro.conf import Positional, arg
 
 from pipelines import __version__
 
 
 @dataclass
 class StatusConfig:
-    """Summarise a stage's compiled status table: counts and failures by cause."""
+    """Summarise a stage's compiled status table: counts, failures by cause and the failed
+    objects with their full cause."""
 
-    path: Positional[str]
+    path: Annotated[Positional[str], arg(metavar="PATH")]
     """A `status.parquet` URL, or a stage directory that holds one (e.g. `demo_out/inspect`)."""
+    all: bool = False
+    """List every failed object (default: the first 20, and how many more there are)."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ def _run_status(cfg: StatusConfig) -> int:
     from pipelines import storage
     from pipelines.configs import ConfigError
     from pipelines.schema import read_parquet
-    from pipelines.summary import print_status
+    from pipelines.summary import FAILED_SHOWN, print_status
 
     path = cfg.path
     if not path.endswith(".parquet"):
@@ -118,7 +121,8 @@ def _run_status(cfg: StatusConfig) -> int:
             f"{path} is not a stage status table (no uid/status columns); point imesh status "
             "at a stage folder (<out>/<stage>) or its status.parquet"
         )
-    print_status(table)
+    where = cfg.path.removesuffix("/status.parquet") if cfg.path.endswith(".parquet") else cfg.path
+    print_status(table, limit=None if cfg.all else FAILED_SHOWN, where=where)
     return 0
 
 
@@ -299,7 +303,9 @@ COMMANDS: dict[str, Command] = {
     "inspect": Command(
         _inspect, _run_inspect, "Validate meshes and record statistics on Ray (resumable)."
     ),
-    "status": Command(_status, _run_status, "Summarise a stage's status table."),
+    "status": Command(
+        _status, _run_status, "Summarise a stage's status table (failed objects and causes)."
+    ),
     "filter": Command(
         _lazy("pipelines.filter", "FilterConfig"),
         _run_filter,

@@ -13,7 +13,8 @@ Steps (each resumable; re-running the demo on the same ``--out`` skips finished 
 7. ``benchmark``: ``visual-hull`` and ``oracle`` predictions -> metrics -> run records ->
    paper-style tables + HTML report.
 
-It ends with a summary of what happened and where the outputs are.
+It ends with a summary of what happened and where the outputs are; for each stage with
+failures, the failures by cause and the failed objects with their full cause.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from pipelines.report import ReportConfig, run_report
 from pipelines.runner import RunOptions, StageReport
 from pipelines.schema import read_parquet
 from pipelines.shards import ShardsConfig, run_shards
-from pipelines.summary import errors_table, make_console, stage_table
+from pipelines.summary import make_console, print_report_failures, stage_table
 
 
 @dataclass
@@ -175,9 +176,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> list[StageRepor
         )
     )
     console.print(stage_table(reports))
-    for r in reports:
-        if r.errors:
-            console.print(errors_table(r.errors, title=f"{r.stage}: failures by cause"))
+    print_report_failures(reports, console)
     console.print(
         "outputs:\n"
         f"  filter:     {out / 'filter'}/filtered_obj_name.json, funnel.md, filter_decisions.parquet\n"

@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -35,8 +36,10 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    # Ray's C++ core logs an "actor constructor arguments" notice for every Ray Data actor pool;
-    # keep only fatal backend messages unless the user asked for more.
+    # Ray's C++ core writes its errors to stderr too, among them a notice about "actor
+    # constructor arguments in the object store" for every Ray Data actor pool (Ray Data always
+    # passes them so): keep only fatal core messages unless the user chose a level.
+    own_log_level = "RAY_BACKEND_LOG_LEVEL" not in os.environ
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     import ray
 
@@ -56,7 +59,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     if address is not None:
         check_reachable(address)
     try:
-        ray.init(address=address, **kwargs)  # type: ignore[arg-type]
+        with _dropping_stderr_lines(LOG_LEVEL_NOTICE if own_log_level else None):
+            ray.init(address=address, **kwargs)  # type: ignore[arg-type]
     except ConnectionError as e:
         from pipelines.configs import ConfigError
 
@@ -73,6 +77,37 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         if reaper is not None:
             reaper.terminate()
             reaper.wait(timeout=10)
+
+
+LOG_LEVEL_NOTICE = b"Set ray log level from environment variable RAY_BACKEND_LOG_LEVEL"
+"""What Ray's core prints (``logging.cc:303``, level INFO, before applying the level it reads)
+on stderr when it starts in a process with ``RAY_BACKEND_LOG_LEVEL`` set."""
+
+
+@contextmanager
+def _dropping_stderr_lines(marker: bytes | None) -> Iterator[None]:
+    """While the block runs, file descriptor 2 goes to a temporary file; afterwards everything
+    written there is passed on to stderr except the lines containing ``marker``. For
+    ``ray.init()``: the C++ core writes to the descriptor, not to ``sys.stderr``, and the Ray
+    processes it starts write to their own log files, so nothing else is held back."""
+    if marker is None:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().splitlines(keepends=True) if marker not in line]
+            data = b"".join(kept)
+            while data:
+                data = data[os.write(2, data) :]
 
 
 def check_reachable(address: str, timeout_s: float = 10.0) -> None:

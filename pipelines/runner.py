@@ -10,7 +10,10 @@ Layout written under the job's output root ``<out>`` for a stage named ``S``::
 
 The unit of work is a *shard* of manifest rows (``shard_size`` items). A worker processes the
 items of a shard one by one, catching each item's exception as a ``failed`` row, and writes the
-shard's rows as one Parquet part file, atomically, when the shard is finished.
+shard's rows as one Parquet part file, atomically, when the shard is finished. Progress is per
+object all the same: each worker sends every finished item's status to a small inbox actor
+that the driver drains for its progress display (``pipelines.progress``) and ``on_item``
+callback; the shard's summary confirms them, so every object is reported exactly once.
 
 Resume: at start, the existing part files are read; an item whose latest row is ``ok`` with the
 current config hash is done and skipped. Everything else (never started, failed, interrupted,
@@ -18,9 +21,11 @@ config changed) is redone, with ``attempt`` counting previous tries. Stages whos
 inputs from outside the manifest declare ``Stage.input_fingerprint``; it is folded into each
 item's hash (:func:`item_hash`), so an item whose inputs changed is redone too. For file stages
 a worker also skips an item whose published marker already carries the current item hash (the
-job may have been killed after publishing but before the shard's part was written). Killing the driver
+job may have been killed after publishing but before the shard's part was written); such reused
+items count as *resumed* in the report, like the items skipped by the driver. Killing the driver
 at any point therefore loses nothing and, since the compiled tables keep one row per uid,
-duplicates nothing.
+duplicates nothing. A run that ends removes what it no longer needs: scratch folders, the empty
+``.staging/`` folder next to the published items and its ``.lock``.
 """
 
 from __future__ import annotations
@@ -30,16 +35,17 @@ import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
+import logging
+import os
 import pickle
 import re
 import shutil
-import sys
 import tempfile
 import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +55,7 @@ import pyarrow.compute as pc
 
 from pipelines import storage
 from pipelines.configs import config_hash, write_resolved_config
+from pipelines.progress import StageProgress
 from pipelines.schema import (
     STATUS_COLUMNS,
     STATUS_SCHEMA,
@@ -59,6 +66,14 @@ from pipelines.schema import (
 from pipelines.stage import ItemContext, SkipItem, Stage
 
 MAX_ERROR_CHARS = 2000
+PROGRESS_POLL_S = 0.25
+"""How often the driver drains the workers' per-object progress events (seconds)."""
+
+ItemCallback = Callable[[str, str], None]
+"""``on_item(uid, status)``: called once per object this run finished (``ok``, ``failed`` or
+``skipped``), in the driver, as the object finishes."""
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -70,7 +85,7 @@ class RunOptions:
     shard_size: int = 8
     """Items per shard: the unit of scheduling and of status-part writing."""
     progress: bool = True
-    """Draw a progress bar on stderr."""
+    """Show per-object progress on stderr: a bar on a terminal, a line per 10 % in logs."""
     scratch_dir: str | None = None
     """Local scratch directory for per-item files before publishing (default: system temp)."""
     item_timeout_s: float = 1800.0
@@ -87,7 +102,11 @@ class StageReport:
     out: str
     total: int
     skipped_done: int
+    """Items resumed: done by an earlier run, either skipped by the driver (an ``ok`` status row
+    with the current item hash) or found published by a worker (a marker with the current item
+    hash, e.g. after a kill between publishing and writing the shard's status part)."""
     processed: int
+    """Items this run computed (ok, failed or skipped)."""
     counts: dict[str, int]
     errors: list[tuple[str, int]]
     seconds: float
@@ -151,6 +170,10 @@ class ShardWorker:
         self.state = stage.setup(config) if stage.setup is not None else None
         self.abandoned = 0
         """Items whose thread outlived the item timeout (still running or blocked)."""
+        self.reused = 0
+        """Items found already published with the current item hash (not recomputed)."""
+        self.inbox: Any = None
+        """Ray actor handle receiving ``(uid, status)`` per finished item (driver progress)."""
 
     def __del__(self) -> None:
         close = getattr(self.state, "close", None)
@@ -159,9 +182,11 @@ class ShardWorker:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         shard_ids, n_ok, n_failed, n_skipped, parts, faults = [], [], [], [], [], []
+        n_reused, items = [], []
         for shard_id, payload in zip(batch["shard"], batch["payload"], strict=True):
+            reused_before = self.reused
             try:
-                rows = [self.process_item(item, attempt) for item, attempt in pickle.loads(payload)]
+                rows = [self._item_row(item, attempt) for item, attempt in pickle.loads(payload)]
                 part = storage.join(
                     stage_dir(self.out, self.stage),
                     "parts",
@@ -184,14 +209,26 @@ class ShardWorker:
             n_failed.append(statuses["failed"])
             n_skipped.append(statuses["skipped"])
             parts.append(part)
+            n_reused.append(self.reused - reused_before if rows else 0)
+            items.append(pickle.dumps([(r["uid"], r["status"]) for r in rows]))
         return {
             "shard": np.array(shard_ids, dtype=np.int64),
             "ok": np.array(n_ok, dtype=np.int64),
             "failed": np.array(n_failed, dtype=np.int64),
             "skipped": np.array(n_skipped, dtype=np.int64),
+            "reused": np.array(n_reused, dtype=np.int64),
+            "items": np.array(items, dtype=object),
             "part": np.array(parts, dtype=object),
             "fault": np.array(faults, dtype=object),
         }
+
+    def _item_row(self, item: dict[str, Any], attempt: int) -> dict[str, Any]:
+        """:meth:`process_item`, then the item's status sent to the driver's progress inbox
+        (fire and forget: the shard's summary confirms it if the message comes late)."""
+        row = self.process_item(item, attempt)
+        if self.inbox is not None:
+            self.inbox.put.remote(row["uid"], row["status"])
+        return row
 
     def process_item(self, item: dict[str, Any], attempt: int) -> dict[str, Any]:
         """One item's status (+ result) row, within the per-item timeout.
@@ -291,6 +328,8 @@ class ShardWorker:
                 if marker is not None and marker.get("config_hash") == ihash:
                     row.update(status="ok", output_uri=item_url, seconds=marker.get("seconds"))
                     row.update(marker.get("result", {}))
+                    if not cancelled.is_set():
+                        self.reused += 1
                     return self._finish(row, t0, keep_seconds=True)
                 scratch = Path(
                     tempfile.mkdtemp(prefix=f"imesh-{self.run_id}-{uid}-", dir=self.scratch_root)
@@ -359,6 +398,7 @@ def _bound_worker(
     run_id: str,
     scratch_dir: str | None,
     item_timeout_s: float = 0.0,
+    inbox: Any = None,
 ) -> type[ShardWorker]:
     """A ShardWorker subclass with its arguments bound (shipped with the class definition,
     so actor restarts never depend on constructor arguments held in the object store)."""
@@ -366,8 +406,24 @@ def _bound_worker(
     class BoundShardWorker(ShardWorker):
         def __init__(self) -> None:
             super().__init__(stage, config, out, run_id, scratch_dir, item_timeout_s)
+            self.inbox = inbox
 
     return BoundShardWorker
+
+
+class ProgressInbox:
+    """Ray actor (one per stage run): the workers' per-object ``(uid, status)`` events, until
+    the driver takes them."""
+
+    def __init__(self) -> None:
+        self._events: list[tuple[str, str]] = []
+
+    def put(self, uid: str, status: str) -> None:
+        self._events.append((uid, status))
+
+    def take(self) -> list[tuple[str, str]]:
+        events, self._events = self._events, []
+        return events
 
 
 def _error_text(e: BaseException) -> str:
@@ -437,26 +493,39 @@ def stage_lock(sdir: str) -> Iterator[None]:
     by the OS if the process dies, so a killed run never leaves a stale lock). Two concurrent
     runs on the same output root would otherwise race to publish the same items; the second
     one fails at once with :class:`StageLocked` naming the holder. Remote roots (S3) have no
-    lock: run one job per output prefix there."""
+    lock: run one job per output prefix there.
+
+    The holder removes the lock file when it leaves, while still holding the lock. A run that
+    opened the file just before may then lock the removed file: after locking, the file at the
+    path is checked to be the one locked (same inode), else it is opened afresh, so two runs
+    never both hold "the" lock."""
     if not storage.is_local(sdir):
         yield
         return
     import fcntl
     import json
-    import os
     import socket
 
     path = Path(storage.join(sdir, ".lock"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
+    while True:
+        fh = open(path, "a+")  # noqa: SIM115 (held open until the lock is released)
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
             holder = fh.read().strip() or "unknown process"
+            fh.close()
             raise StageLocked(
                 f"{sdir} is being written by another run ({holder}); wait for it or use another --out"
             ) from None
+        except BaseException:
+            fh.close()
+            raise
+        if _same_file(fh.fileno(), path):
+            break
+        fh.close()  # locked a lock file its holder had just removed: try the current one
+    try:
         fh.seek(0)
         fh.truncate()
         fh.write(
@@ -469,10 +538,20 @@ def stage_lock(sdir: str) -> Iterator[None]:
             )
         )
         fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # still locked: nobody else can be using it
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
 def run_stage(
@@ -481,12 +560,15 @@ def run_stage(
     manifest: pa.Table,
     out: str,
     options: RunOptions | None = None,
+    on_item: ItemCallback | None = None,
 ) -> StageReport:
     """Run ``stage`` over every row of ``manifest``, resuming from earlier runs under ``out``.
 
     Requires Ray to be initialised (see ``pipelines.ray_session``). Per-item failures never fail
     the job: they are status rows. Returns a ``StageReport``; the compiled tables are at
-    ``report.status_uri`` and ``report.results_uri``.
+    ``report.status_uri`` and ``report.results_uri``. ``on_item(uid, status)`` is called in
+    this process once per object the run finishes (not for those skipped as done), as it
+    finishes; the progress display (``options.progress``) advances with it.
     """
 
     options = options or RunOptions()
@@ -494,7 +576,7 @@ def run_stage(
     try:
         storage.makedirs(storage.join(sdir, "parts"))
         with stage_lock(sdir):
-            return _run_stage_locked(stage, config, manifest, out, options, sdir)
+            return _run_stage_locked(stage, config, manifest, out, options, sdir, on_item)
     except storage.StorageFault:
         raise
     except Exception as e:
@@ -530,7 +612,13 @@ def _clean_run_leftovers(
 
 
 def _run_stage_locked(
-    stage: Stage, config: Any, manifest: pa.Table, out: str, options: RunOptions, sdir: str
+    stage: Stage,
+    config: Any,
+    manifest: pa.Table,
+    out: str,
+    options: RunOptions,
+    sdir: str,
+    on_item: ItemCallback | None,
 ) -> StageReport:
     t0 = time.perf_counter()
     manifest = validate_manifest(manifest)
@@ -557,19 +645,73 @@ def _run_stage_locked(
     shards = list(_shards(todo, max(1, options.shard_size)))
     returned: set[int] = set()
     todo_uids = [row["uid"] for row, _ in todo]
+    feed = _ItemFeed(StageProgress(stage.name, len(todo), enabled=options.progress), on_item)
     try:
-        _map_shards(stage, config, out, options, run_id, shards, len(todo), returned)
+        reused = _map_shards(stage, config, out, options, run_id, shards, returned, feed)
+        lost = [s for i, s in enumerate(shards) if i not in returned]
+        if lost:
+            _write_lost_rows(stage, chash, out, run_id, lost)
+            for shard in lost:
+                for item, _ in shard:
+                    feed.report(item["uid"], "failed")
     except BaseException as e:
+        feed.progress.close()
         _clean_run_leftovers(stage, out, run_id, todo_uids, options.scratch_dir)
         fault = storage.storage_fault(e, storage.join(out, stage.item_output or stage.name))
         if fault is not None and fault is not e:
             raise fault from e
         raise
+    feed.progress.close()
     _clean_run_leftovers(stage, out, run_id, todo_uids, options.scratch_dir)
-    lost = [s for i, s in enumerate(shards) if i not in returned]
-    if lost:
-        _write_lost_rows(stage, chash, out, run_id, lost)
-    return compile_stage(stage, manifest, out, skipped_done=len(done), processed=len(todo), t0=t0)
+    return compile_stage(
+        stage,
+        manifest,
+        out,
+        skipped_done=len(done) + reused,
+        processed=len(todo) - reused,
+        t0=t0,
+    )
+
+
+class _ItemFeed:
+    """Reports each object of a run once, whichever comes first: the worker's progress event or
+    its shard's summary. Called from the driver's main thread and its progress poller."""
+
+    def __init__(self, progress: StageProgress, on_item: ItemCallback | None) -> None:
+        self.progress = progress
+        self.on_item = on_item
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def wanted(self) -> bool:
+        """Whether anybody looks at per-object events (else no inbox actor is started)."""
+        return self.progress.enabled or self.on_item is not None
+
+    def report(self, uid: str, status: str) -> None:
+        with self._lock:
+            if uid in self._seen:
+                return
+            self._seen.add(uid)
+            self.progress.advance(status)
+            if self.on_item is not None:
+                self.on_item(uid, status)
+
+
+def _poll_inbox(inbox: Any, feed: _ItemFeed, stop: threading.Event) -> None:
+    """Driver thread: hand the workers' events to ``feed`` until ``stop`` is set."""
+    import ray
+
+    while not stop.wait(PROGRESS_POLL_S):
+        try:
+            events = ray.get(inbox.take.remote(), timeout=10 * PROGRESS_POLL_S + 10)
+        except (ray.exceptions.RayError, TimeoutError) as e:
+            # Only the display's timeliness depends on the inbox: the shard summaries still
+            # report every object.
+            log.warning("per-object progress stopped (%s); progress moves per shard", e)
+            return
+        for uid, status in events:
+            feed.report(uid, status)
 
 
 def _map_shards(
@@ -579,44 +721,56 @@ def _map_shards(
     options: RunOptions,
     run_id: str,
     shards: list[list[Any]],
-    n_items: int,
     returned: set[int],
-) -> None:
-    """Run the shards on a Ray Data actor pool; ``returned`` collects the finished shard ids."""
+    feed: _ItemFeed,
+) -> int:
+    """Run the shards on a Ray Data actor pool; ``returned`` collects the finished shard ids,
+    ``feed`` gets every finished object. Returns how many items the workers found published."""
     import ray
     import ray.data
 
-    if shards:
-        ds = ray.data.from_items(
-            [{"shard": i, "payload": pickle.dumps(s)} for i, s in enumerate(shards)],
-            override_num_blocks=len(shards),
+    if not shards:
+        return 0
+    ds = ray.data.from_items(
+        [{"shard": i, "payload": pickle.dumps(s)} for i, s in enumerate(shards)],
+        override_num_blocks=len(shards),
+    )
+    workers = min(_workers_for(stage, options.workers), len(shards))
+    # Per-object events only matter when a shard holds several objects and someone looks.
+    per_object = feed.wanted and any(len(s) > 1 for s in shards)
+    inbox: Any = ray.remote(num_cpus=0)(ProgressInbox).remote() if per_object else None
+    mapped = ds.map_batches(
+        _bound_worker(
+            stage, config, out, run_id, options.scratch_dir, options.item_timeout_s, inbox
+        ),
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=stage.num_cpus,
+        num_gpus=stage.num_gpus or None,
+    )
+    stop = threading.Event()
+    poller = None
+    if inbox is not None:
+        poller = threading.Thread(
+            target=_poll_inbox, args=(inbox, feed, stop), name="imesh-progress", daemon=True
         )
-        workers = min(_workers_for(stage, options.workers), len(shards))
-        mapped = ds.map_batches(
-            _bound_worker(stage, config, out, run_id, options.scratch_dir, options.item_timeout_s),
-            batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=stage.num_cpus,
-            num_gpus=stage.num_gpus or None,
-        )
-        from tqdm import tqdm
-
-        with tqdm(
-            total=n_items,
-            desc=stage.name,
-            unit="obj",
-            disable=not options.progress,
-            file=sys.stderr,
-            dynamic_ncols=True,
-        ) as bar:
-            n_failed = 0
-            for summary in mapped.iter_rows():
-                if summary["fault"]:
-                    raise storage.StorageFault(str(summary["fault"]))
-                returned.add(int(summary["shard"]))
-                n_failed += int(summary["failed"])
-                bar.update(int(summary["ok"] + summary["failed"] + summary["skipped"]))
-                bar.set_postfix(failed=n_failed, refresh=False)
+        poller.start()
+    reused = 0
+    try:
+        for summary in mapped.iter_rows():
+            if summary["fault"]:
+                raise storage.StorageFault(str(summary["fault"]))
+            returned.add(int(summary["shard"]))
+            reused += int(summary["reused"])
+            for uid, status in pickle.loads(summary["items"]):
+                feed.report(uid, status)
+    finally:
+        stop.set()
+        if poller is not None:
+            poller.join()
+        if inbox is not None:
+            ray.kill(inbox)
+    return reused
 
 
 def _write_lost_rows(

@@ -1,4 +1,11 @@
-"""Human-readable summaries of stage runs (rich tables on stderr/stdout)."""
+"""Human-readable summaries of stage runs (rich tables on stderr/stdout).
+
+Failures are shown twice: grouped by cause (error type + the start of the message with paths
+and uids masked: how many objects share a cause) and one row per failed object with its full,
+untruncated cause (which object, at which attempt, failed how). The per-object table shows the
+first :data:`FAILED_SHOWN` rows and says how many more there are (``imesh status PATH --all``).
+Cells are plain text, never rich markup (messages hold ``[at file.py:12]`` and paths).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from pipelines.runner import StageReport, error_histogram
+from pipelines.runner import StageReport, error_histogram, stage_dir
 
 if TYPE_CHECKING:
     from evaluation.run_records import RunRecords
@@ -21,6 +29,8 @@ if TYPE_CHECKING:
 #: Width of tables written to something that is not a terminal (logs, CI, pipes): rich's
 #: default of 80 columns truncates run names, verdicts and intervals there.
 LOG_WIDTH = 160
+FAILED_SHOWN = 20
+"""Failed objects listed by default (``imesh status PATH --all`` lists every one)."""
 
 
 def make_console(stderr: bool = False) -> Console:
@@ -67,12 +77,88 @@ def errors_table(errors: list[tuple[str, int]], title: str = "failures by cause"
     table.add_column("count", justify="right")
     table.add_column("error")
     for text, n in errors:
-        table.add_row(str(n), text)
+        table.add_row(str(n), Text(text))
     return table
 
 
-def print_status(status: pa.Table, console: Console | None = None) -> dict[str, Any]:
-    """Print counts per status and the error histogram of a compiled status table."""
+def failed_rows(status: pa.Table) -> list[dict[str, Any]]:
+    """The failed rows of a compiled status table, by stage then uid."""
+    failed = status.filter(pc.equal(status["status"], "failed"))
+    columns = [
+        c for c in ("uid", "stage", "attempt", "error_type", "error") if c in failed.schema.names
+    ]
+    rows = failed.select(columns).to_pylist()
+    return sorted(rows, key=lambda r: (str(r.get("stage")), str(r["uid"])))
+
+
+def failures_table(rows: list[dict[str, Any]], title: str = "failed objects") -> Table:
+    """One row per failed object: uid, stage, attempt, error type and the full message."""
+    table = Table(title=title)
+    table.add_column("uid", overflow="fold")
+    table.add_column("stage")
+    table.add_column("attempt", justify="right")
+    table.add_column("error type")
+    table.add_column("error", overflow="fold", ratio=1)
+    for r in rows:
+        table.add_row(
+            Text(str(r["uid"])),
+            Text(str(r.get("stage") or "")),
+            str(r.get("attempt") or ""),
+            Text(str(r.get("error_type") or "")),
+            Text(str(r.get("error") or "")),
+        )
+    return table
+
+
+def print_failures(
+    status: pa.Table,
+    console: Console | None = None,
+    limit: int | None = FAILED_SHOWN,
+    where: str | None = None,
+    title: str = "failed objects",
+) -> int:
+    """Print the failed objects of ``status`` (the first ``limit``; all with ``None``) and, when
+    some are left out, how many and the command that lists them (``where``: the stage folder).
+    Returns the number of failed objects."""
+    console = console or make_console()
+    rows = failed_rows(status)
+    if not rows:
+        return 0
+    shown = rows if limit is None else rows[:limit]
+    console.print(failures_table(shown, title=f"{title} ({len(shown)} of {len(rows)})"))
+    left = len(rows) - len(shown)
+    if left:
+        command = f"imesh status {where or 'STAGE_DIR'} --all"
+        console.print(Text(f"... and {left} more failed object(s): `{command}` lists them all"))
+    return len(rows)
+
+
+def print_report_failures(
+    reports: Sequence[StageReport], console: Console | None = None, limit: int | None = FAILED_SHOWN
+) -> None:
+    """For each stage run with failures: failures by cause, then the failed objects."""
+    from pipelines.schema import read_parquet
+
+    console = console or make_console()
+    for r in reports:
+        if not r.failed:
+            continue
+        console.print(errors_table(r.errors, title=f"{r.stage}: failures by cause"))
+        where = stage_dir(r.out, r.stage)
+        print_failures(
+            read_parquet(r.status_uri), console, limit, where, title=f"{r.stage}: failed objects"
+        )
+
+
+def print_status(
+    status: pa.Table,
+    console: Console | None = None,
+    limit: int | None = FAILED_SHOWN,
+    where: str | None = None,
+) -> dict[str, Any]:
+    """Print counts per status, failures by cause and the failed objects (the first ``limit``,
+    all with ``None``; ``where`` names the stage folder in the hint) of a compiled status
+    table."""
     console = console or make_console()
     counts = collections.Counter(status["status"].to_pylist())
     stages = sorted(set(status["stage"].to_pylist()))
@@ -86,6 +172,7 @@ def print_status(status: pa.Table, console: Console | None = None) -> dict[str, 
     errors = error_histogram(status)
     if errors:
         console.print(errors_table(errors))
+        print_failures(status, console, limit, where)
     seconds = status.filter(pc.equal(status["status"], "ok"))["seconds"]
     if len(seconds):
         console.print(
