@@ -212,7 +212,11 @@ def _print_reports(reports: Sequence[Any]) -> None:
 def _run_evalset(cfg: Any) -> int:
     from pipelines.evalset import run_evalset
     from pipelines.ray_session import ray_session
+    from rendering.backends import BackendUnavailable, unavailable_reason
 
+    reason = unavailable_reason(cfg.backend)  # a backend that cannot run here: before Ray
+    if reason is not None:
+        raise BackendUnavailable(reason)
     with ray_session(cfg.address):
         report = run_evalset(cfg)
     _print_reports([report])
@@ -235,10 +239,11 @@ def _run_predict(cfg: Any) -> int:
 
 
 def _run_evaluate(cfg: Any) -> int:
-    from pipelines.benchmark import evalset_dataset, run_evaluate
+    from pipelines.benchmark import check_evaluate_config, run_evaluate
     from pipelines.ray_session import ray_session
 
-    evalset_dataset(cfg.evalset)  # not an evaluation set: fail before Ray starts
+    # not an evaluation set, render settings unlike its own, backend missing: before Ray
+    check_evaluate_config(cfg, cfg.evalset)
     with ray_session(cfg.address):
         report, _ = run_evaluate(cfg)
     _print_reports([report])
@@ -249,11 +254,12 @@ def _run_evaluate(cfg: Any) -> int:
 
 
 def _run_benchmark(cfg: Any) -> int:
-    from pipelines.benchmark import evalset_dataset, run_benchmark
+    from pipelines.benchmark import check_evaluate_config, run_benchmark
     from pipelines.ray_session import ray_session
 
     for evalset in cfg.evalsets:
-        evalset_dataset(evalset)  # not an evaluation set: fail before Ray starts
+        # not an evaluation set, render settings unlike its own, backend missing: before Ray
+        check_evaluate_config(cfg, evalset)
     with ray_session(cfg.address):
         reports, _ = run_benchmark(cfg)
     _print_reports(reports)

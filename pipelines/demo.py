@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.benchmark import BenchmarkConfig, run_benchmark
-from pipelines.configs import NO_HASH, write_resolved_config
+from pipelines.configs import NO_HASH, registry_choices, write_resolved_config
 from pipelines.evalset import EvalsetConfig, run_evalset
 from pipelines.filter import FilterConfig, FilterResult, run_filter
 from pipelines.fixtures import FixturesConfig, fixture_paths, make_fixtures
@@ -43,6 +43,12 @@ from pipelines.runner import RunOptions, StageReport
 from pipelines.schema import read_parquet
 from pipelines.shards import ShardsConfig, run_shards
 from pipelines.summary import make_console, print_report_failures, stage_table
+from rendering.backends import BACKENDS
+
+if TYPE_CHECKING:
+    DemoBackend = str
+else:  # the demo runs without a GPU: "auto" or a backend that needs none
+    DemoBackend = registry_choices(["auto", *(n for n, e in BACKENDS.items() if not e.needs_gpu)])
 
 
 @dataclass
@@ -53,7 +59,7 @@ class DemoConfig:
     """Output directory (local) for fixtures, manifests, stage outputs and status tables."""
     seed: int = 0
     """Seed of the procedural fixtures."""
-    render_backend: Literal["auto", "blender", "cpu"] = "auto"
+    render_backend: DemoBackend = "auto"
     """Training renders: blender (Cycles CPU) when bpy is installed (auto), else cpu."""
     render_size: int = 96
     """Training render size in pixels (the real layout uses 512)."""
@@ -67,7 +73,7 @@ class DemoConfig:
     """Ray cluster address; default: RAY_ADDRESS if set, else a local embedded Ray."""
 
 
-def _backend(cfg: DemoConfig) -> Literal["blender", "cpu"]:
+def _backend(cfg: DemoConfig) -> str:
     if cfg.render_backend != "auto":
         return cfg.render_backend
     from rendering.backends import unavailable_reason
