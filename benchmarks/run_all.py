@@ -96,6 +96,14 @@ BENCHES = (
         r"overhead|scaling",
     ),
     Bench(
+        "shard_reader",
+        "bench_shard_reader.py",
+        "tar-shard reader vs object folders (same objects)",
+        "shards >= folders",
+        ("--objects", "8", "--repeats", "2"),
+        r"ratio shards",
+    ),
+    Bench(
         "flexicubes_memory",
         "bench_flexicubes_memory.py",
         "surface-cubes-only vs all-vertices FlexiCubes",

@@ -4,8 +4,9 @@ The shard format (``imesh shards``) is defined in :mod:`rendering.shard_format`:
 ``shard-NNNNNN.tar``, one sample per object, members ``<key>.<file name>`` holding the object
 folder's files unchanged, ``index.parquet`` and ``_SUCCESS.json`` beside them. This module reads
 that format **without** the ``webdataset`` package: :func:`iter_tar` streams one tar with
-:mod:`tarfile` over an fsspec file (local paths, ``s3://``, ``memory://`` ...), so a remote
-shard is read sequentially, once, never seeked.
+:mod:`tarfile` over an fsspec file (local paths, ``s3://``, ``memory://`` ...) in one forward
+pass (tarfile's seekable mode, which reads member data straight from the file: its pure stream
+mode ``r|`` copies through a 10 KiB buffer and ran at a third of the speed).
 
 Pieces:
 
@@ -293,7 +294,7 @@ def read_success(source: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def iter_tar(url: str, *, storage_options: Mapping[str, Any] | None = None) -> Iterator[TarSample]:
-    """Stream the samples of one shard in file order (a single sequential read).
+    """Stream the samples of one shard in file order (one forward pass over the file).
 
     Members are grouped by key (the member name up to its first dot); a member of a key seen
     earlier in the shard (non-contiguous sample), a non-file member, a name outside the format,
@@ -312,7 +313,7 @@ def iter_tar(url: str, *, storage_options: Mapping[str, Any] | None = None) -> I
     try:
         with (
             fsspec.open(url, "rb", **dict(storage_options or {})) as f,
-            tarfile.open(fileobj=f, mode="r|") as tar,
+            tarfile.open(fileobj=f, mode="r:") as tar,
         ):
             for info in tar:
                 member = info.name
