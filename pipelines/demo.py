@@ -146,6 +146,8 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> list[StageRepor
             f"    shards: {shards.report.ok} WebDataset tar shard(s), {shards.objects} objects, "
             f"{shards.bytes / 1e6:.1f} MB -> {out / 'shards'}"
         )
+        if shards.complete and shards.objects:
+            console.print(f"    dataset: {_read_back(out / 'shards', cfg.seed)}")
 
         console.print(f"[bold]6/7 evalset[/] GSO- and Omni3D-shaped -> {out / 'evalsets'}")
         for dataset, root in (("gso", paths["gso"]), ("omni3d", paths["omni3d"])):
@@ -193,6 +195,19 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> list[StageRepor
         f"  report:     {out / 'report'}/tables.md, tables.tex, report.html"
     )
     return reports
+
+
+def _read_back(shards: Path, seed: int) -> str:
+    """One batch of LRM training items read back from the shards (the trainer's view)."""
+    import torch
+
+    from instantmesh.lrm_data import Instantmesh32Dataset
+
+    dataset = Instantmesh32Dataset(shards, seed=seed)
+    batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=2)))
+    keys = ("input_images", "input_depths", "input_c2ws", "target_images", "render_cameras")
+    shapes = ", ".join(f"{k} {tuple(batch[k].shape)}" for k in keys)
+    return f"Instantmesh32Dataset batch of {len(batch['uid'])}: {shapes}"
 
 
 def _inspect_summary(console: Console, report: StageReport, record: dict[str, Any]) -> None:
