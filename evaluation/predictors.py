@@ -261,6 +261,13 @@ class InstantMeshOptions(BasePredictorOptions):
             raise PredictorError(f"instantmesh: --dtype must be one of {DTYPE_NAMES}")
         if self.steps < 1:
             raise PredictorError(f"instantmesh: --steps must be >= 1, got {self.steps}")
+        # weights every object reads (--rembg-model only serves opaque inputs: checked there)
+        paths: list[tuple[str, str | None]] = [("--checkpoint", self.checkpoint)]
+        if self.views == "generated":
+            paths += [("--zero123pp", self.zero123pp), ("--unet", self.unet)]
+        for option, value in paths:
+            if value and not os.path.exists(value):
+                raise PredictorError(f"instantmesh: {option} {value}: no such file or folder")
 
 
 class OraclePredictor:

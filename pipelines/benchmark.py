@@ -327,6 +327,26 @@ def check_evaluate_config(cfg: Any, evalset: str) -> Any:
     return resolved
 
 
+def check_predict_config(cfg: Any, evalset: str) -> str:
+    """Everything about predicting ``evalset`` that can be checked before Ray starts, cheaply:
+    the predictor and its options (``validate``: a missing ``--mesh-dir``, ``--checkpoint``),
+    the evaluation set and its manifest. Returns the set's dataset."""
+    if cfg.predictor not in PREDICTORS:
+        raise ConfigError(
+            f"unknown predictor {cfg.predictor!r}; choose one of {sorted(PREDICTORS)}"
+        )
+    predictor_options(cfg).validate()
+    dataset = evalset_dataset(evalset)
+    evalset_manifest(evalset)
+    return dataset
+
+
+def check_predictions(out: str, evalset: str) -> None:
+    """``out`` holds predictions for ``evalset``'s dataset (``imesh predict`` ran); checked
+    before ``imesh evaluate`` starts Ray."""
+    _predict_info(out, evalset_dataset(evalset))
+
+
 def evalset_manifest(evalset: str) -> pa.Table:
     return read_manifest(storage.join(evalset, "manifest.parquet"))
 
@@ -432,12 +452,7 @@ def prediction_inputs(row: dict[str, Any], cfg: PredictConfig) -> str:
 
 def run_predict(cfg: PredictConfig) -> StageReport:
     """Predict every evaluation-set object (Ray must be initialised)."""
-    if cfg.predictor not in PREDICTORS:
-        raise ConfigError(
-            f"unknown predictor {cfg.predictor!r}; choose one of {sorted(PREDICTORS)}"
-        )
-    predictor_options(cfg).validate()  # bad options fail before anything is read
-    dataset = evalset_dataset(cfg.evalset)
+    dataset = check_predict_config(cfg, cfg.evalset)  # bad options fail before anything is read
     _setup_check = _predictor_setup(cfg)  # fail fast in the driver (e.g. unloadable weights)
     _setup_check.close()
     return run_stage(

@@ -210,25 +210,27 @@ def _print_reports(reports: Sequence[Any]) -> None:
 
 
 def _run_evalset(cfg: Any) -> int:
-    from pipelines.evalset import run_evalset
+    from pipelines.evalset import check_evalset_config, run_evalset
     from pipelines.ray_session import ray_session
     from rendering.backends import BackendUnavailable, unavailable_reason
 
     reason = unavailable_reason(cfg.backend)  # a backend that cannot run here: before Ray
     if reason is not None:
         raise BackendUnavailable(reason)
+    selection = check_evalset_config(cfg)  # bad root / list: before Ray, nothing written
     with ray_session(cfg.address):
-        report = run_evalset(cfg)
+        report = run_evalset(cfg, selection)
     _print_reports([report])
     print(f"evaluation set: {cfg.set_dir}  (objects/, manifest.parquet, selection.json)")
     return 0
 
 
 def _run_predict(cfg: Any) -> int:
-    from pipelines.benchmark import evalset_dataset, run_predict
+    from pipelines.benchmark import check_predict_config, run_predict
     from pipelines.ray_session import ray_session
 
-    evalset_dataset(cfg.evalset)  # not an evaluation set: fail before Ray starts
+    # not an evaluation set, predictor options missing or pointing nowhere: before Ray
+    check_predict_config(cfg, cfg.evalset)
     with ray_session(cfg.address):
         report = run_predict(cfg)
     _print_reports([report])
@@ -239,11 +241,13 @@ def _run_predict(cfg: Any) -> int:
 
 
 def _run_evaluate(cfg: Any) -> int:
-    from pipelines.benchmark import check_evaluate_config, run_evaluate
+    from pipelines.benchmark import check_evaluate_config, check_predictions, run_evaluate
     from pipelines.ray_session import ray_session
 
-    # not an evaluation set, render settings unlike its own, backend missing: before Ray
+    # not an evaluation set, render settings unlike its own, backend missing, no predictions:
+    # before Ray
     check_evaluate_config(cfg, cfg.evalset)
+    check_predictions(cfg.out, cfg.evalset)
     with ray_session(cfg.address):
         report, _ = run_evaluate(cfg)
     _print_reports([report])
@@ -254,11 +258,13 @@ def _run_evaluate(cfg: Any) -> int:
 
 
 def _run_benchmark(cfg: Any) -> int:
-    from pipelines.benchmark import check_evaluate_config, run_benchmark
+    from pipelines.benchmark import check_evaluate_config, check_predict_config, run_benchmark
     from pipelines.ray_session import ray_session
 
     for evalset in cfg.evalsets:
-        # not an evaluation set, render settings unlike its own, backend missing: before Ray
+        # not an evaluation set, predictor options, render settings unlike its own, backend
+        # missing: before Ray
+        check_predict_config(cfg, evalset)
         check_evaluate_config(cfg, evalset)
     with ray_session(cfg.address):
         reports, _ = run_benchmark(cfg)
@@ -270,10 +276,11 @@ def _run_benchmark(cfg: Any) -> int:
 def _run_nightly(cfg: Any) -> int:
     from rich.markdown import Markdown
 
-    from pipelines.nightly import run_nightly
+    from pipelines.nightly import check_nightly_config, run_nightly
     from pipelines.ray_session import ray_session
     from pipelines.summary import make_console
 
+    check_nightly_config(cfg)  # bad evaluation sets, predictor, thresholds, baseline: before Ray
     with ray_session(cfg.address):
         code, summary = run_nightly(cfg)
     make_console().print(Markdown(summary))

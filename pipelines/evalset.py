@@ -264,14 +264,24 @@ def select_objects(cfg: EvalsetConfig) -> tuple[Any, EvalSetSpec]:
     return build_evalset(spec), spec
 
 
-def run_evalset(cfg: EvalsetConfig) -> StageReport:
-    """Select, then build every object (Ray must be initialised)."""
+def check_evalset_config(cfg: EvalsetConfig) -> tuple[Any, EvalSetSpec]:
+    """Everything about an evalset job that can be checked without Ray and without writing
+    under ``--out``: the output location, the dataset root and ``--list`` (read and scanned:
+    the selection is returned)."""
     if not storage.is_local(cfg.out):
         raise ConfigError(f"--out {cfg.out}: evaluation sets are written to a local/mounted path")
     try:
-        selected, spec = select_objects(cfg)
+        return select_objects(cfg)
     except DatasetError as e:
         raise ConfigError(str(e)) from e
+
+
+def run_evalset(
+    cfg: EvalsetConfig, selection: tuple[Any, EvalSetSpec] | None = None
+) -> StageReport:
+    """Select, then build every object (Ray must be initialised). ``selection``: what
+    :func:`check_evalset_config` returned (checked again otherwise)."""
+    selected, spec = selection if selection is not None else check_evalset_config(cfg)
     set_dir = cfg.set_dir
     storage.makedirs(set_dir)
     write_resolved_config(cfg, storage.join(set_dir, "evalset.config.yaml"))

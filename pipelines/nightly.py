@@ -29,10 +29,12 @@ from pipelines.benchmark import (
     JobOptions,
     MetricOptions,
     PredictorOptions,
+    check_evaluate_config,
+    check_predict_config,
     run_benchmark,
     subset_config,
 )
-from pipelines.configs import write_resolved_config
+from pipelines.configs import ConfigError, write_resolved_config
 
 BASELINE_POINTER = "BASELINE"
 
@@ -53,6 +55,25 @@ class NightlyConfig(PredictorOptions, MetricOptions, JobOptions):
     """Name of tonight's run (default: UTC timestamp)."""
     update_baseline: bool = False
     """Make tonight's run the baseline when it passes."""
+
+
+def check_nightly_config(cfg: NightlyConfig) -> None:
+    """Everything about a nightly job that can be checked before Ray starts and before the long
+    run: every evaluation set with the predictor and render settings, the thresholds file, the
+    run name and the baseline run (when given)."""
+    from evaluation.compare import load_thresholds
+    from evaluation.run_records import read_run
+
+    if not cfg.evalsets:
+        raise ConfigError("--evalsets needs at least one evaluation set directory")
+    for evalset in cfg.evalsets:
+        check_predict_config(cfg, evalset)
+        check_evaluate_config(cfg, evalset)
+    load_thresholds(cfg.thresholds)
+    if cfg.name is not None:
+        storage.check_uid(cfg.name)
+    if cfg.baseline is not None:
+        read_run(cfg.baseline)  # a missing or unfinished run names the missing file
 
 
 def run_nightly(cfg: NightlyConfig) -> tuple[int, str]:
