@@ -226,7 +226,9 @@ def test_evaluate_with_blender_on_one_object(fixture_set: dict[str, Any], tmp_pa
         "samples": 2,
     }
     psnr = np.array([r["psnr"] for r in records.image_metrics.to_pylist()])
-    assert len(psnr) == 21 and np.median(psnr) > 30.0  # same renderer, samples and seed
+    # Same renderer, samples and seed: identical pixels (measured: inf on every view; the
+    # cpu rasterizer against these Blender GT views gives a median of ~26 dB).
+    assert len(psnr) == 21 and np.median(psnr) > 40.0
 
 
 @pytest.mark.skipif(not HAVE_BPY, reason="needs bpy (pip install 'instantmesh-pipeline[render]')")
