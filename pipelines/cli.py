@@ -467,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from pipelines.errors import USER_ERRORS
+    from pipelines.errors import user_errors
 
     try:
         cfg = parse(name, args[1:])
@@ -478,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"imesh {name}: interrupted (re-run the same command to resume)", file=sys.stderr)
         return 130
-    except USER_ERRORS as e:
+    except user_errors() as e:  # evaluated only when an exception arrives
         print(f"imesh {name}: error: {e}", file=sys.stderr)
         return 2
     except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -153,3 +155,34 @@ def test_run_functions_check_inputs_before_writing(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=str(missing)):
         run_evalset(EvalsetConfig(dataset="gso", root=str(missing), out=str(tmp_path / "e")))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_path_fails_without_importing_torch_or_ray(tmp_path: Path) -> None:
+    """`imesh filter --cache <missing>` and `imesh evalset --root <missing>` exit 2 without
+    importing torch (seconds) or Ray: the user errors of the model code are matched lazily."""
+    missing, out = tmp_path / "nope", tmp_path / "out"
+    code = (
+        "import sys\n"
+        "from pipelines.cli import main\n"
+        "rc = main(sys.argv[1:])\n"
+        "heavy = sorted(m for m in ('torch', 'ray') if m in sys.modules)\n"
+        "print(rc, heavy)\n"
+    )
+    for args in (
+        ["filter", "--cache", str(missing), "--out", str(out)],
+        ["evalset", "--dataset", "gso", "--root", str(missing), "--out", str(out)],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300
+        )
+        assert done.stdout.strip() == "2 []", (args, done.stdout, done.stderr[-2000:])
+        assert done.stderr.strip().count("\n") == 0 and str(missing) in done.stderr
+    assert not out.exists()
+
+
+def test_model_errors_are_user_errors_once_their_module_is_loaded() -> None:
+    from instantmesh.checkpoint import CheckpointError
+    from pipelines.errors import USER_ERRORS, user_errors
+
+    assert CheckpointError in user_errors()
+    assert set(USER_ERRORS) < set(user_errors())
