@@ -65,16 +65,14 @@ from trimesh.visual.texture import TextureVisuals
 
 from filtering.objaverse_cache import sha256_file
 from rendering.mesh_io import MAX_MTL_BYTES, MeshLoadError, scene_to_mesh
-from rendering.uids import MAX_UID_BYTES, uid_collisions, uid_from_name, uid_problem
+from rendering.normalize import Y_UP_TO_Z_UP
+from rendering.uids import UnsafeUidError, check_uid, uid_collisions, uid_from_name
 
 log = logging.getLogger(__name__)
 
-UID_PATTERN = re.compile(r"^[^\W_][\w.-]*$")
-"""Shape of allowed uids: one path component of unicode letters, digits, ``_ . -``, starting
-with a letter or digit; the full rule (NFC, no ``..``, at most 200 UTF-8 bytes) is
-``rendering.uids``, shared with the pipeline's storage. Folder names become uids through
-``rendering.uids.uid_from_name`` (``Coffee Mug`` -> ``Coffee_Mug``)."""
-MAX_UID_LEN = MAX_UID_BYTES
+# Object ids are uids: one safe path component each (``rendering.uids``: the rule, the one check
+# ``check_uid`` raising ``UnsafeUidError``, shared with the pipeline's storage). Folder names
+# become uids through ``rendering.uids.uid_from_name`` (``Coffee Mug`` -> ``Coffee_Mug``).
 
 GSO_OBJ = Path("meshes") / "model.obj"
 GSO_TEXTURE_DIR = Path("materials") / "textures"
@@ -85,11 +83,9 @@ OMNI3D_OBJ = Path("Scan") / "Scan.obj"
 OMNI3D_TEXTURE = "Scan.jpg"
 
 UpAxis = Literal["y", "z"]
-Y_UP_TO_Z_UP = np.array(
-    [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
-)
-"""``(x, y, z) -> (x, -z, y)``: +90 deg about +x; Blender's default OBJ import (forward -Z,
-up Y) and the map OmniObject3D's ``tools/mesh_eval.py`` applies to raw scans."""
+# Y-up scans are turned Z up by ``rendering.normalize.Y_UP_TO_Z_UP``, (x, y, z) -> (x, -z, y):
+# +90 deg about +x, Blender's default OBJ import (forward -Z, up Y) and the map OmniObject3D's
+# ``tools/mesh_eval.py`` applies to raw scans.
 
 _MTLLIB_SCAN_BYTES = 1 << 16
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tga", ".tif", ".tiff", ".webp")
@@ -97,17 +93,6 @@ _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tga", ".tif", ".tiff", ".w
 
 class DatasetError(ValueError):
     """An evaluation dataset (or one of its objects) that cannot be used; names the object."""
-
-
-def check_uid(uid: str, what: str = "object") -> str:
-    """Return ``uid`` if it is a safe single path component (``rendering.uids``)."""
-    problem = uid_problem(uid)
-    if problem is not None:
-        raise DatasetError(
-            f"{what} id {uid!r} is not a path-safe uid ({problem}; allowed: unicode letters, "
-            f"digits, '_', '-', '.', no '..', at most {MAX_UID_LEN} bytes)"
-        )
-    return uid
 
 
 def _merge_uid_collisions(objects: list[Any], where: str) -> list[Any]:
@@ -759,13 +744,13 @@ file_sha256 = sha256_file
 
 
 __all__ = [
-    "UID_PATTERN",
     "Y_UP_TO_Z_UP",
     "DatasetError",
     "EvalObject",
     "GsoObject",
     "Omni3dObject",
     "SearchPathResolver",
+    "UnsafeUidError",
     "check_uid",
     "file_sha256",
     "find_omni3d_transforms",

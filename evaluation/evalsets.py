@@ -43,6 +43,7 @@ from evaluation.datasets import (
     EvalObject,
     GsoObject,
     Omni3dObject,
+    UnsafeUidError,
     check_uid,
     file_sha256,
     natural_key,
@@ -399,7 +400,10 @@ def read_selection_list(path: str | os.PathLike[str]) -> SelectionList:
     if not isinstance(uids, list) or not uids:
         raise DatasetError(f"{where}: 'uids' must be a non-empty list")
     for u in uids:
-        check_uid(u)
+        try:
+            check_uid(u)
+        except UnsafeUidError as e:
+            raise DatasetError(f"{where}: {e}") from e
     _no_duplicates(uids, f"uids in {where}")
     spec = EvalSetSpec.from_dict(data.get("spec") or {})
     if data.get("dataset") != spec.dataset:

@@ -27,7 +27,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rendering.uids import uid_problem
+from rendering.uids import UnsafeUidError as UnsafeUidError  # the one uid check (re-exported)
+from rendering.uids import check_uid as check_uid
 from rendering.urls import atomic_write_bytes, filesystem, is_local_fs, join, read_bytes
 from rendering.urls import exists as exists  # the job layer's names for the shared helpers
 from rendering.urls import is_local as is_local
@@ -35,29 +36,9 @@ from rendering.urls import is_local as is_local
 MARKER_NAME = "_SUCCESS.json"
 STAGING_DIR = ".staging"
 
-# uids become path components: keep them to a conservative alphabet so that no uid can escape
-# the output root (no separators, no "..", no leading dot, bounded length): rendering.uids.
-
-
-class UnsafeUidError(ValueError):
-    """A uid that cannot be used as a path component inside an output root."""
-
-
-def check_uid(uid: str) -> str:
-    """Return ``uid`` unchanged if it is safe to use as one path component, else raise.
-
-    Safe means (``rendering.uids``): NFC-normalised unicode letters and digits, ``_``, ``-``,
-    ``.``, starting with a letter or digit, no ``..``, at most 200 bytes in UTF-8. Path
-    separators, ``..`` and hidden names are refused so an item can never write outside its
-    job's output root.
-    """
-    problem = uid_problem(uid)
-    if problem is not None:
-        raise UnsafeUidError(
-            f"uid {uid!r} is not a safe path component ({problem}; allowed: letters, digits, "
-            "'_', '-', '.', no '..', at most 200 bytes)"
-        )
-    return uid
+# uids become path components: check_uid (rendering.uids) keeps them to a conservative alphabet
+# so that no uid can escape the output root (no separators, no "..", no leading dot, bounded
+# length).
 
 
 def makedirs(url: str) -> None:

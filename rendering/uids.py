@@ -72,6 +72,28 @@ def is_safe_uid(uid: object) -> bool:
     return uid_problem(uid) is None
 
 
+class UnsafeUidError(ValueError):
+    """A uid that cannot be used as a path component inside an output root."""
+
+
+def check_uid(uid: str, what: str = "uid") -> str:
+    """Return ``uid`` unchanged if it is a safe uid (module docstring), else raise
+    :class:`UnsafeUidError` saying why; ``what`` names it in the message (``"object id"``).
+
+    The one uid check of the project: path separators, ``..`` and hidden names are refused so an
+    item can never write outside its job's output root (``pipelines.storage``), and evaluation
+    datasets and selection lists hold only usable ids (``evaluation.datasets``).
+    """
+    problem = uid_problem(uid)
+    if problem is not None:
+        raise UnsafeUidError(
+            f"{what} {uid!r} is not a safe path component ({problem}; allowed: unicode letters, "
+            f"digits, '_', '-', '.', starting with a letter or digit, no '..', at most "
+            f"{MAX_UID_BYTES} bytes)"
+        )
+    return uid
+
+
 def _name_hash(name: str) -> str:
     data = name.encode("utf-8", errors="surrogateescape")
     return hashlib.sha256(data).hexdigest()[:SUFFIX_HEX]

@@ -19,6 +19,7 @@ from evaluation.datasets import (
     DatasetError,
     GsoObject,
     Omni3dObject,
+    UnsafeUidError,
     check_uid,
     load_gso_mesh,
     load_omni3d_mesh,
@@ -228,9 +229,46 @@ def test_folder_names_become_path_safe_uids_and_collisions_fail_alone(tmp_path: 
     (scans / "toy_train_001").rename(scans / "toy train 1")
     assert [o.uid for o in scan_omni3d(tmp_path / "omni")] == ["toy_train_1"]
     for bad in ("a/b", "..", "a..b", "", ".hidden", "x" * 201, "é" * 101, "Cafe\u0301"):
-        with pytest.raises(DatasetError):
+        with pytest.raises(UnsafeUidError, match="not a safe path component"):
             check_uid(bad)
     assert check_uid("toy_train_001") == "toy_train_001" and check_uid("椅子") == "椅子"
+
+
+def test_uid_check_and_axis_map_have_one_definition() -> None:
+    """The uid check and Y_UP_TO_Z_UP live in the lower layer (rendering) and are imported by
+    the pipeline's storage and the dataset readers, never redefined."""
+    import ast
+    import subprocess
+
+    import evaluation.datasets as datasets
+    import rendering.normalize
+    import rendering.uids
+    from pipelines import storage
+
+    assert datasets.check_uid is storage.check_uid is rendering.uids.check_uid
+    assert datasets.UnsafeUidError is storage.UnsafeUidError is rendering.uids.UnsafeUidError
+    assert datasets.Y_UP_TO_Z_UP is rendering.normalize.Y_UP_TO_Z_UP
+    root = Path(__file__).resolve().parents[1]
+    files = subprocess.run(
+        ["git", "ls-files", "*.py"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.split()
+    defined: dict[str, list[str]] = {"check_uid": [], "UnsafeUidError": [], "Y_UP_TO_Z_UP": []}
+    for rel in files:
+        if not (root / rel).is_file():
+            continue
+        for node in ast.parse((root / rel).read_text()).body:
+            names = [getattr(node, "name", None)]
+            if isinstance(node, ast.Assign | ast.AnnAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names = [getattr(t, "id", None) for t in targets]
+            for name in names:
+                if name in defined:
+                    defined[name].append(rel)
+    assert defined == {
+        "check_uid": ["rendering/uids.py"],
+        "UnsafeUidError": ["rendering/uids.py"],
+        "Y_UP_TO_Z_UP": ["rendering/normalize.py"],
+    }
 
 
 def test_scan_errors_for_missing_or_empty_roots(tmp_path: Path) -> None:
