@@ -1,7 +1,8 @@
 """Axis conventions of exported meshes, and an optional ICP refinement.
 
-Our frame (DESIGN.md): world **Z up**, the object's front (the side the input image shows)
-facing **+X** (azimuth 0), so a viewer at +X looking at the origin has +Y on their right.
+Our frame (docs/protocol.md, "Frames and normalization"): world **Z up**, the object's front
+(the side the input image shows) facing **+X** (azimuth 0), so a viewer at +X looking at the
+origin has +Y on their right.
 
 ``AXIS_CONVENTIONS[name]`` is a 3x3 matrix ``M`` with ``ours = M @ file_coordinates`` for a
 mesh as written by that method's public export code and loaded with trimesh (which applies no

@@ -33,12 +33,14 @@ Camera sets and their choices:
   r / sin(25 deg). An object filling [-1, 1]^3 (corner radius sqrt(3)) needs >= 4.10, a unit
   sphere >= 2.37, a side-1 cube >= 2.05; so at distances 2.0-3.5 corners of a box-filling
   object leave the frame in almost every view. The defaults follow the upstream contract
-  (shared FACTS); renderers must expect partly cropped training views.
+  (docs/protocol.md, "Training data"; FOV 50 is upstream ``src/data/objaverse.py``'s default);
+  renderers must expect partly cropped training views.
 - :func:`zero123pp_cameras` (Zero123++ v1.2 layout, 320^2): one condition view (random azimuth,
   elevation uniform in [-10, 30] deg by default) + six targets at absolute elevations 20 / -10
   alternating and azimuths condition + 30, 90, ..., 330 deg. FOV 30 and distance 4.0: Zero123++
   v1.2 renders at FOV 30 and InstantMesh's LRM takes those six views as cameras at radius 4.0,
-  FOV 30 (shared FACTS), so the same poses serve both.
+  FOV 30 (upstream ``run.py`` and ``src/utils/camera_util.py``; docs/protocol.md), so the same
+  poses serve both.
 - :func:`orbit_cameras` (evaluation, 21 views): uniform azimuths, elevations 30 / 0 / -30; FOV 30
   and distance 4.0 by default (the LRM's input-camera model, so predictions are rendered at the
   scale the model was trained to produce).

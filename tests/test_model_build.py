@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +13,8 @@ from instantmesh import OFFICIAL_VARIANTS, VARIANTS, build_model, get_variant, i
 from instantmesh.manifests import manifest_text, read_manifest, state_dict_specs
 from instantmesh.variants import VariantConfig
 
-SHARED_CHECKPOINTS = Path(__file__).resolve().parents[1].parent / "shared" / "checkpoints"
-
-# Parameter and tensor counts of the official checkpoints (shared/FACTS.md).
+# Parameter and tensor counts of the official checkpoints (docs/protocol.md, "The model's input
+# cameras and inference": instant_{mesh,nerf}_{large,base}.ckpt of huggingface.co/TencentARC).
 OFFICIAL_COUNTS = {
     "instant-mesh-large": (378_657_644, 519),
     "instant-mesh-base": (313_352_516, 455),
@@ -37,12 +36,29 @@ def test_meta_build_matches_manifest_exactly(variant: str) -> None:
     assert list(model.buffers()) == []
 
 
+MANIFEST_SHA256 = {
+    "instant-mesh-base": "25c4187418efe619ec0455279197c847a2246840cca5713e98ad70ac833bb324",
+    "instant-mesh-large": "01dfcc92c90a6e1fe73d107b3a322c19f39273b43dc852717a4783e6ec6e56ba",
+    "instant-nerf-base": "a0189d1940cd0a9b0a71c77c4ec70a138050d1f3c00f984fd4e7f86e8770f0eb",
+    "instant-nerf-large": "a49c4e4ac12e00600fde6e433bd6300575bcbafdbcc2ff28f76e8c987e39103f",
+}
+"""SHA-256 of the packaged key manifests (instantmesh/manifests/keys_<variant>.txt), recorded
+when they were compared byte for byte with the key lists read from the official checkpoints."""
+
+
 @pytest.mark.parametrize("variant", OFFICIAL_VARIANTS)
-def test_packaged_manifest_equals_shared_copy(variant: str) -> None:
-    original = SHARED_CHECKPOINTS / f"keys_{variant}.txt"
-    if not original.is_file():
-        pytest.skip(f"{original} not present")
-    assert manifest_text(variant) == original.read_text()
+def test_packaged_manifest_is_the_recorded_key_list(variant: str) -> None:
+    """The manifest ships as package data (read through importlib.resources) and is exactly the
+    recorded file: an edit to a key, shape or dtype fails here, not at checkpoint load time."""
+    text = manifest_text(variant)
+    assert hashlib.sha256(text.encode()).hexdigest() == MANIFEST_SHA256[variant]
+    manifest = read_manifest(variant)
+    assert manifest.total_parameters == OFFICIAL_COUNTS[variant][0] == manifest.numel
+    assert manifest.total_tensors == OFFICIAL_COUNTS[variant][1] == len(manifest.tensors)
+
+
+def test_every_official_variant_has_a_packaged_manifest() -> None:
+    assert set(MANIFEST_SHA256) == set(OFFICIAL_VARIANTS)
 
 
 def test_variant_registry_and_config_round_trip() -> None:
