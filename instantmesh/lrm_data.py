@@ -49,7 +49,7 @@ import hashlib
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -93,6 +93,8 @@ ITEM_KEYS: tuple[str, ...] = (
     "scale",
 )
 """Keys of an item (see :class:`Instantmesh32Dataset`)."""
+DepthSource = Literal["png8", "png16"]
+"""Which depth PNG to read: the upstream 8-bit file or the lossless 16-bit companion."""
 
 
 def _normals_unit(encoded: torch.Tensor) -> torch.Tensor:
@@ -172,7 +174,7 @@ class Instantmesh32Dataset(SampleDataset):
         camera_rotation: bool = True,
         scale_probability: float = SCALE_PROBABILITY,
         scale_range: tuple[float, float] = SCALE_RANGE,
-        depth: str = "png8",
+        depth: DepthSource = "png8",
         on_error: OnError = "raise",
         rank: int | None = None,
         world_size: int | None = None,

@@ -505,7 +505,9 @@ class ShardReader:
         on_shard_error: Callable[[ShardError], None] | None = None,
     ) -> Iterator[TarSample]:
         """This split's samples. A :class:`ShardError` is raised, or, with ``on_shard_error``,
-        passed to it and the rest of that shard dropped (reading goes on with the next shard)."""
+        passed to it and the rest of that shard dropped (reading goes on with the next shard).
+        In sample-level mode every split meets the same broken shard; only the split that owns
+        the sample at the break reports it, so one break is one report."""
         split = split or current_split(self.rank, self.world_size)
         shards, per_sample = self.plan(split)
         for number, url in shards:
@@ -520,7 +522,8 @@ class ShardReader:
             except ShardError as e:
                 if on_shard_error is None:
                     raise
-                on_shard_error(e)
+                if not per_sample or (seen + number) % split.total == split.index:
+                    on_shard_error(e)
 
     def check_members(self, sample: TarSample) -> None:
         """Raise :class:`MissingMemberError` when ``sample`` lacks a file the set's

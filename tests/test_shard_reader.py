@@ -407,6 +407,26 @@ def test_truncated_tar_is_a_shard_error(
     assert [(r.uid, r.member) for r in ds.skipped] == [(uid_of(6), "obj%2E006.002.png")]
 
 
+def test_broken_shard_in_sample_level_splits_is_reported_once(
+    objects: dict[str, dict[str, bytes]], tmp_path: Path
+) -> None:
+    shards = shard_set(tmp_path, objects, 4)  # 3 shards < 4 splits: every split reads all
+    shard = shards / shard_name(1)
+    index = pq.read_table(shards / INDEX_NAME).to_pylist()
+    row = next(r for r in index if r["shard"] == shard.name and r["member"].endswith("6.002.png"))
+    shard.write_bytes(shard.read_bytes()[: row["offset"] + 10])
+    reader = ShardReader(shards)
+    errors: list[ShardError] = []
+    seen: list[str] = []
+    for rank in range(2):
+        for worker in range(2):
+            split = Split(rank, 2, worker, 2)
+            assert reader.plan(split)[1]  # sample level
+            seen += [t.uid for t in reader.iter_samples(split, errors.append)]
+    assert len(errors) == 1 and errors[0].uid == uid_of(6)
+    assert sorted(seen) == [u for u in sorted(objects) if u not in (uid_of(6), uid_of(7))]
+
+
 def test_tar_cut_between_samples_is_caught_by_the_counts(
     objects: dict[str, dict[str, bytes]], tmp_path: Path
 ) -> None:
