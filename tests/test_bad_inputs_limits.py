@@ -273,12 +273,12 @@ def test_deeply_nested_gso_metadata_parses(tmp_path: Path) -> None:
 
 
 def test_predictor_yaml_that_is_a_list_is_a_one_line_error(tmp_path: Path) -> None:
-    from evaluation.predictors import MeshDirPredictor, PredictorError
+    from evaluation.predictors import MeshDirOptions, MeshDirPredictor, PredictorError
     from pipelines.errors import USER_ERRORS
 
     (tmp_path / "predictor.yaml").write_text("- convention: instantmesh\n")
     with pytest.raises(PredictorError, match=r"must be a mapping .* not a YAML list"):
-        MeshDirPredictor(str(tmp_path))
+        MeshDirPredictor(MeshDirOptions(mesh_dir=str(tmp_path)))
     assert issubclass(PredictorError, USER_ERRORS)
 
 
