@@ -11,7 +11,7 @@ this compares the readers, not the disk), minimum of ``--repeats``:
   the shards vs opening and reading each file of each folder;
 * **dataset**: ``Instantmesh32Dataset`` items (6 input + 4 target views decoded, upstream
   sampling) from the shards vs from the folders, one process. The shard side reads every member
-  of a sample (a tar is streamed) while the folder side opens only the 41 files it decodes.
+  of a sample (a tar is streamed) while the folder side opens only the 31 files it decodes.
 
 Prints samples/s for each side and the ratio shards/folders (> 1: shards faster). On object
 stores, where each folder file is one request, the raw ratio is what the tar saves; on a warm
