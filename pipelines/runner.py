@@ -506,7 +506,8 @@ def stage_lock(sdir: str) -> Iterator[None]:
     import json
     import socket
 
-    path = Path(storage.join(sdir, ".lock"))
+    _, local_dir = storage.filesystem(sdir)  # a file:// URL -> its plain local path
+    path = Path(local_dir) / ".lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fh = open(path, "a+")  # noqa: SIM115 (held open until the lock is released)
