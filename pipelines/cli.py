@@ -200,13 +200,11 @@ def _run_filter(cfg: Any) -> int:
 
 
 def _print_reports(reports: Sequence[Any]) -> None:
-    from pipelines.summary import errors_table, make_console, stage_table
+    from pipelines.summary import make_console, print_report_failures, stage_table
 
     console = make_console()
     console.print(stage_table(list(reports)))
-    for r in reports:
-        if r.errors:
-            console.print(errors_table(r.errors))
+    print_report_failures(reports, console)  # failures by cause, then the failed objects
 
 
 def _run_evalset(cfg: Any) -> int:
