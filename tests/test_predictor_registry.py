@@ -38,7 +38,7 @@ from pipelines.benchmark import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-LIBRARIES = ("rendering", "filtering", "evaluation", "instantmesh")
+LIBRARIES = ("rendering", "filtering", "evaluation", "instantmesh", "training")
 LOWER = ("rendering", "filtering", "instantmesh")
 """Libraries below evaluation: they import neither evaluation nor pipelines."""
 
