@@ -1,4 +1,4 @@
-"""FlexiCubes surface extraction (inference path), reimplemented for the InstantMesh variants.
+"""FlexiCubes surface extraction (inference and training modes), reimplemented for InstantMesh.
 
 FlexiCubes (Shen et al., "Flexible Isosurface Extraction for Gradient-Based Mesh Optimization",
 SIGGRAPH 2023) is Dual Marching Cubes with learned per-cube weights. This module reproduces the
@@ -48,6 +48,12 @@ Triangulation
     ``(1, 3)``. Edges on the grid boundary (fewer than four surface cubes) make no quads, so a
     surface crossing the grid boundary stays open there.
 
+Training mode (:func:`flexicubes_extract_training`, upstream ``training=True``)
+    Same dual vertices; each quad becomes four triangles around a gamma-weighted centre vertex
+    (differentiable in gamma, unlike the diagonal choice), and the regulariser L_dev (paper
+    eq. 8) comes back per (dual vertex, edge) entry. Stage 2 of LRM training
+    (:mod:`training.mesh_stage`) uses it; inference results are unaffected by it.
+
 Output order matches upstream: dual vertices are numbered by the number of dual vertices of
 their cube (all one-vertex cubes first, then two, ...), cube by cube in increasing cube id;
 quads are ordered by sign-changing edge (lexicographic in the edge's vertex ids), those whose
@@ -58,6 +64,7 @@ the triplane frame, which is our world frame, see :mod:`instantmesh.mesh_export`
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -168,6 +175,8 @@ _EDGE_TENSOR = torch.tensor(CUBE_EDGES, dtype=torch.long)
 _CORNER_TENSOR = torch.tensor(CUBE_CORNERS, dtype=torch.long)
 _QUAD_SPLIT_02 = torch.tensor([0, 1, 2, 0, 2, 3], dtype=torch.long)
 _QUAD_SPLIT_13 = torch.tensor([0, 1, 3, 3, 1, 2], dtype=torch.long)
+#: Training mode: the rim edges (q0, q1), (q1, q2), (q2, q3), (q3, q0) of a quad.
+_QUAD_RIM = torch.tensor([0, 1, 1, 2, 2, 3, 3, 0], dtype=torch.long)
 
 
 def _res3(res: int | Sequence[int]) -> tuple[int, int, int]:
@@ -274,35 +283,19 @@ def _resolve_ambiguities(
     return out
 
 
-def flexicubes_extract(
-    positions: torch.Tensor,
-    sdf: torch.Tensor,
-    cubes: torch.Tensor,
-    cube_coords: torch.Tensor,
-    res: int | Sequence[int],
-    beta: torch.Tensor | None = None,
-    alpha: torch.Tensor | None = None,
-    gamma: torch.Tensor | None = None,
-    weight_scale: float = WEIGHT_SCALE,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """FlexiCubes triangle mesh of an SDF on (a part of) a voxel grid.
+@dataclass(frozen=True)
+class _DualMesh:
+    """Dual vertices and the quads around crossing edges, before the quads are split."""
 
-    - ``positions`` (P, 3): (deformed) positions of the grid vertices the cubes use;
-    - ``sdf`` (P,): SDF at those vertices (negative inside);
-    - ``cubes`` (K, 8) indices into ``positions`` of each cube's corners (corner order
-      :data:`CUBE_CORNERS`), ``cube_coords`` (K, 3) the cubes' integer grid coordinates;
-      cubes without a sign change are ignored, so ``cubes`` may be the whole grid or only the
-      surface cubes. For results identical to a whole-grid extraction, give the cubes in
-      increasing cube id and number ``positions`` in increasing vertex id;
-    - ``res``: cubes per axis of the whole grid (for the neighbour test of ambiguous faces);
-    - ``beta`` (K, 12), ``alpha`` (K, 8), ``gamma`` (K,): raw weights (``net_weight`` outputs
-      0..11, 12..19, 20); ``None`` means uniform weights (all ones).
+    vertices: torch.Tensor  # (D, 3) dual vertices
+    quads: torch.Tensor  # (Q, 4) dual-vertex ids, oriented towards positive SDF
+    vd_gamma: torch.Tensor  # (D,) normalised gamma of each dual vertex's cube
+    l_dev: torch.Tensor | None  # (G,) L_dev per (dual vertex, edge) entry, when asked for
 
-    Returns vertices (V, 3) in the dtype of ``positions`` and faces (F, 3) int64 (see the module
-    docstring for conventions and order). No surface: (0, 3) and (0, 3).
-    """
-    device = positions.device
-    res3 = _res3(res)
+
+def _check_inputs(
+    positions: torch.Tensor, sdf: torch.Tensor, cubes: torch.Tensor, cube_coords: torch.Tensor
+) -> None:
     if sdf.shape != positions.shape[:1] or positions.ndim != 2 or positions.shape[1] != 3:
         raise ValueError(
             f"positions must be (P, 3) and sdf (P,), got {tuple(positions.shape)} and "
@@ -313,15 +306,31 @@ def flexicubes_extract(
             f"cubes must be (K, 8) and cube_coords (K, 3), got {tuple(cubes.shape)} and "
             f"{tuple(cube_coords.shape)}"
         )
+
+
+def _dual_mesh(
+    positions: torch.Tensor,
+    sdf: torch.Tensor,
+    cubes: torch.Tensor,
+    cube_coords: torch.Tensor,
+    res: int | Sequence[int],
+    beta: torch.Tensor | None,
+    alpha: torch.Tensor | None,
+    gamma: torch.Tensor | None,
+    weight_scale: float,
+    with_l_dev: bool,
+) -> _DualMesh | None:
+    """Everything both modes share (upstream ``_compute_vd`` and the quad assembly of
+    ``_triangulate``); ``None`` when no cube has a sign change."""
+    device = positions.device
+    res3 = _res3(res)
+    _check_inputs(positions, sdf, cubes, cube_coords)
     occ = sdf < 0
     occ8 = occ[cubes.reshape(-1)].reshape(-1, 8)
     n_inside = occ8.sum(dim=1)
     surf = (n_inside > 0) & (n_inside < 8)
     if not bool(surf.any()):
-        return (
-            torch.zeros((0, 3), dtype=positions.dtype, device=device),
-            torch.zeros((0, 3), dtype=torch.long, device=device),
-        )
+        return None
     n_surf = int(surf.sum())
 
     # Weights (upstream _normalize_weights), restricted to surface cubes.
@@ -403,6 +412,17 @@ def flexicubes_extract(
     vd_idx_map = torch.zeros(n_surf * 12, dtype=torch.long, device=device)
     vd_idx_map = vd_idx_map.scatter(0, flat, group_to_vd_t)
 
+    l_dev = None
+    if with_l_dev:
+        # Upstream _compute_reg_loss (paper eq. 8): the deviation of each edge's plain
+        # (unweighted) zero crossing from the dual vertex, minus its mean over the vertex's edges.
+        zero_crossing = _linear_interp(edge_s, edge_x)[idx_group]
+        dist = torch.linalg.vector_norm(zero_crossing - vd[group_to_vd_t], dim=-1)
+        num_edges = torch.bincount(group_to_vd_t, minlength=total).to(positions.dtype)
+        mean_dist = torch.zeros(total, dtype=positions.dtype, device=device)
+        mean_dist = mean_dist.index_add_(0, group_to_vd_t, dist) / num_edges
+        l_dev = (dist - mean_dist[group_to_vd_t]).abs()
+
     # Quads around crossing edges shared by four surface cubes (upstream _triangulate).
     quad_entries = (entry_counts == 4) & entry_crossing
     group = idx_map[quad_entries]
@@ -412,11 +432,123 @@ def flexicubes_extract(
     s_quad_edges = sdf[surf_edges[edge_ids.reshape(-1, 4)[:, 0]].reshape(-1)].reshape(-1, 2)
     flip = s_quad_edges[:, 0] > 0
     quads = torch.cat([quads[flip][:, [0, 1, 3, 2]], quads[~flip][:, [2, 3, 1, 0]]])
-    quad_gamma = vd_gamma_t[quads.reshape(-1)].reshape(-1, 4)
+    return _DualMesh(vd, quads, vd_gamma_t, l_dev)
+
+
+def flexicubes_extract(
+    positions: torch.Tensor,
+    sdf: torch.Tensor,
+    cubes: torch.Tensor,
+    cube_coords: torch.Tensor,
+    res: int | Sequence[int],
+    beta: torch.Tensor | None = None,
+    alpha: torch.Tensor | None = None,
+    gamma: torch.Tensor | None = None,
+    weight_scale: float = WEIGHT_SCALE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FlexiCubes triangle mesh of an SDF on (a part of) a voxel grid (inference path).
+
+    - ``positions`` (P, 3): (deformed) positions of the grid vertices the cubes use;
+    - ``sdf`` (P,): SDF at those vertices (negative inside);
+    - ``cubes`` (K, 8) indices into ``positions`` of each cube's corners (corner order
+      :data:`CUBE_CORNERS`), ``cube_coords`` (K, 3) the cubes' integer grid coordinates;
+      cubes without a sign change are ignored, so ``cubes`` may be the whole grid or only the
+      surface cubes. For results identical to a whole-grid extraction, give the cubes in
+      increasing cube id and number ``positions`` in increasing vertex id;
+    - ``res``: cubes per axis of the whole grid (for the neighbour test of ambiguous faces);
+    - ``beta`` (K, 12), ``alpha`` (K, 8), ``gamma`` (K,): raw weights (``net_weight`` outputs
+      0..11, 12..19, 20); ``None`` means uniform weights (all ones).
+
+    Returns vertices (V, 3) in the dtype of ``positions`` and faces (F, 3) int64 (see the module
+    docstring for conventions and order). No surface: (0, 3) and (0, 3). The vertices are
+    differentiable w.r.t. ``positions``, ``sdf``, ``beta`` and ``alpha``; for the training mode
+    (gradients to ``gamma`` too, and L_dev) see :func:`flexicubes_extract_training`.
+    """
+    dual = _dual_mesh(
+        positions, sdf, cubes, cube_coords, res, beta, alpha, gamma, weight_scale, False
+    )
+    device = positions.device
+    if dual is None:
+        return (
+            torch.zeros((0, 3), dtype=positions.dtype, device=device),
+            torch.zeros((0, 3), dtype=torch.long, device=device),
+        )
+    quads = dual.quads
+    quad_gamma = dual.vd_gamma[quads.reshape(-1)].reshape(-1, 4)
     gamma_02 = quad_gamma[:, 0] * quad_gamma[:, 2]
     gamma_13 = quad_gamma[:, 1] * quad_gamma[:, 3]
     split_02 = (gamma_02 > gamma_13)[:, None]
     faces = torch.where(
         split_02, quads[:, _QUAD_SPLIT_02.to(device)], quads[:, _QUAD_SPLIT_13.to(device)]
     )
-    return vd, faces.reshape(-1, 3)
+    return dual.vertices, faces.reshape(-1, 3)
+
+
+@dataclass(frozen=True)
+class FlexiCubesTrainingMesh:
+    """The training-mode FlexiCubes mesh (:func:`flexicubes_extract_training`).
+
+    ``vertices`` (D + Q, 3): the D dual vertices (the inference vertices, same order), then one
+    centre vertex per quad; ``faces`` (4 Q, 3) int64: four triangles per quad, quad by quad in
+    the inference order, each ``(q_i, q_(i+1 mod 4), centre)``; ``l_dev`` (G,): the FlexiCubes
+    regulariser L_dev, one value per (dual vertex, crossing edge of its group) pair (upstream
+    returns the same per-entry values; its training loss takes their mean).
+    """
+
+    vertices: torch.Tensor
+    faces: torch.Tensor
+    l_dev: torch.Tensor
+    num_dual: int
+
+
+def flexicubes_extract_training(
+    positions: torch.Tensor,
+    sdf: torch.Tensor,
+    cubes: torch.Tensor,
+    cube_coords: torch.Tensor,
+    res: int | Sequence[int],
+    beta: torch.Tensor | None = None,
+    alpha: torch.Tensor | None = None,
+    gamma: torch.Tensor | None = None,
+    weight_scale: float = WEIGHT_SCALE,
+) -> FlexiCubesTrainingMesh:
+    """FlexiCubes in training mode (upstream ``FlexiCubes.__call__(..., training=True)``).
+
+    Same inputs and dual vertices as :func:`flexicubes_extract`; the quads are not split along
+    a diagonal (a discrete choice, no gradient) but into four triangles around a centre vertex
+
+        c = (g02 * (v0 + v2) / 2 + g13 * (v1 + v3) / 2) / (g02 + g13 + 1e-8),
+        g02 = gamma_0 * gamma_2, g13 = gamma_1 * gamma_3
+
+    (normalised gammas of the quad's four dual vertices), so the surface is differentiable
+    w.r.t. ``gamma`` as well as ``positions``, ``sdf``, ``beta`` and ``alpha``. Also returns
+    L_dev (paper eq. 8, upstream ``_compute_reg_loss``): for every dual vertex ``v`` and each
+    crossing edge ``e`` of its group, ``d_e = |u_e - v|`` with ``u_e`` the edge's plain linear
+    zero crossing (no alpha), and ``L_dev = |d_e - mean_e'(d_e')|``. No surface: (0, 3)
+    vertices, (0, 3) faces and (0,) L_dev.
+    """
+    dual = _dual_mesh(
+        positions, sdf, cubes, cube_coords, res, beta, alpha, gamma, weight_scale, True
+    )
+    device = positions.device
+    if dual is None or dual.l_dev is None:
+        return FlexiCubesTrainingMesh(
+            torch.zeros((0, 3), dtype=positions.dtype, device=device),
+            torch.zeros((0, 3), dtype=torch.long, device=device),
+            torch.zeros((0,), dtype=positions.dtype, device=device),
+            0,
+        )
+    vd, quads = dual.vertices, dual.quads
+    quad_gamma = dual.vd_gamma[quads.reshape(-1)].reshape(-1, 4)
+    gamma_02 = (quad_gamma[:, 0] * quad_gamma[:, 2])[:, None]
+    gamma_13 = (quad_gamma[:, 1] * quad_gamma[:, 3])[:, None]
+    corners = vd[quads.reshape(-1)].reshape(-1, 4, 3)
+    mid_02 = (corners[:, 0] + corners[:, 2]) / 2
+    mid_13 = (corners[:, 1] + corners[:, 3]) / 2
+    centres = (mid_02 * gamma_02 + mid_13 * gamma_13) / (gamma_02 + gamma_13 + 1e-8)
+    centre_ids = torch.arange(quads.shape[0], device=device) + vd.shape[0]
+    rim = quads[:, _QUAD_RIM.to(device)].reshape(-1, 4, 2)
+    faces = torch.cat([rim, centre_ids.reshape(-1, 1, 1).expand(-1, 4, 1)], dim=-1)
+    return FlexiCubesTrainingMesh(
+        torch.cat([vd, centres]), faces.reshape(-1, 3), dual.l_dev, int(vd.shape[0])
+    )
