@@ -32,6 +32,9 @@ CONFIG_FILE = "config.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 FORMAT_NAME = "instantmesh-lrm"
 FORMAT_VERSION = 1
+VARIANT_KEY = "instantmesh_variant"
+"""Top-level entry of an upstream-layout checkpoint written by our trainer: the variant config
+(``VariantConfig.to_dict()``) the weights were trained with."""
 _SHOW = 5
 
 
@@ -75,8 +78,9 @@ def _first(items: list[str]) -> str:
     return text + (f", ... ({len(items) - _SHOW} more)" if len(items) > _SHOW else "")
 
 
-def read_upstream_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The ``lrm_generator.`` tensors of an official checkpoint, prefix stripped."""
+def read_upstream_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The ``lrm_generator.`` tensors of an upstream-layout checkpoint (prefix stripped) and the
+    payload's other top-level entries (``global_step``, ``instantmesh_variant``, ...)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
@@ -115,15 +119,50 @@ def read_upstream_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     bad = [k for k, v in stripped.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: non-tensor entries in the state_dict: {_first(bad)}")
-    return stripped
+    meta = {str(k): v for k, v in payload.items() if k != "state_dict"}
+    return stripped, meta
+
+
+def read_upstream_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The ``lrm_generator.`` tensors of an official checkpoint, prefix stripped."""
+    return read_upstream_checkpoint(path)[0]
+
+
+def embedded_variant(meta: Mapping[str, Any], source: str) -> VariantConfig | None:
+    """The variant config that our trainer embeds as ``instantmesh_variant`` (``None`` in
+    official checkpoints, which carry no config)."""
+    data = meta.get(VARIANT_KEY)
+    if data is None:
+        return None
+    try:
+        return VariantConfig.from_dict(dict(data))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{source}: invalid '{VARIANT_KEY}' entry: {err}") from err
+
+
+def check_trained_variant(
+    trained: VariantConfig | None, requested: VariantConfig, source: str
+) -> None:
+    """Refuse to load a checkpoint trained as one variant into a model of another."""
+    if trained is not None and trained.name != requested.name:
+        raise CheckpointError(
+            f"{source} was trained as {trained.name}, not {requested.name}; "
+            f"pass --variant {trained.name}"
+        )
 
 
 def load_state_dict_strict(
-    model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str
+    model: torch.nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    source: str,
+    *,
+    assign: bool = True,
 ) -> None:
     """Strictly load ``state_dict`` into ``model`` (which may live on the meta device).
 
-    Tensors are cast to the model's dtypes and assigned (no second copy of the weights).
+    Tensors are cast to the model's dtypes. With ``assign`` (the default) they replace the
+    model's tensors (no second copy of the weights); ``assign=False`` copies them into the
+    existing parameters instead, which keeps an optimizer that holds them valid (resuming).
     """
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
@@ -139,7 +178,7 @@ def load_state_dict_strict(
     device = next(iter(expected.values())).device
     target = torch.device("cpu") if device.type == "meta" else device
     cast = {k: state_dict[k].to(device=target, dtype=v.dtype) for k, v in expected.items()}
-    model.load_state_dict(cast, strict=True, assign=True)
+    model.load_state_dict(cast, strict=True, assign=assign)
 
 
 def _read_config(directory: Path) -> tuple[VariantConfig, dict[str, Any]]:
@@ -225,6 +264,10 @@ def load_checkpoint(
     ``path_or_dir`` may be an official ``.ckpt`` file, a directory holding one (named like
     ``instant_nerf_base.ckpt``, or the only ``*.ckpt`` there), or a directory written by
     :func:`save_model` (then ``variant`` may be omitted, and must agree with it if given).
+    A ``.ckpt`` written by our trainer embeds its variant config (``instantmesh_variant``):
+    ``variant`` may then be omitted (the embedded config is built), and a ``variant`` of another
+    name is refused with a :class:`CheckpointError` naming both. Official checkpoints carry no
+    config and need ``variant``.
     A ``preprocessor_config.json`` beside the checkpoint sets the image mean/std.
     """
     path = Path(path_or_dir)
@@ -235,12 +278,17 @@ def load_checkpoint(
                 f"{path} holds variant {model.cfg.name!r}, not {get_variant(variant).name!r}"
             )
         return model
-    if variant is None:
-        raise ValueError(f"loading an official checkpoint ({path}) needs the variant name")
-    cfg = get_variant(variant)
     if path.is_dir():
-        path = _find_checkpoint_in(path, cfg.name)
-    state = read_upstream_state_dict(path)
+        path = _find_checkpoint_in(path, get_variant(variant).name if variant else None)
+    state, meta = read_upstream_checkpoint(path)
+    trained = embedded_variant(meta, str(path))
+    if variant is None:
+        if trained is None:
+            raise ValueError(f"loading an official checkpoint ({path}) needs the variant name")
+        cfg = trained
+    else:
+        cfg = get_variant(variant)
+        check_trained_variant(trained, cfg, str(path))
     model = build_model(cfg, device="meta")
     load_state_dict_strict(model, state, str(path))
     preprocessor = path.parent / PREPROCESSOR_FILE

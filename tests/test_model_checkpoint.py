@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 from pathlib import Path
@@ -13,11 +14,12 @@ from instantmesh import (
     CheckpointError,
     CheckpointMismatch,
     build_model,
+    get_variant,
     load_checkpoint,
     load_model,
     save_model,
 )
-from instantmesh.checkpoint import UPSTREAM_PREFIX
+from instantmesh.checkpoint import UPSTREAM_PREFIX, VARIANT_KEY
 
 
 def _upstream_payload(
@@ -102,6 +104,28 @@ def test_wrong_variant_is_a_mismatch(tmp_path: Path) -> None:
     torch.save(payload, tmp_path / "nerf.ckpt")
     with pytest.raises(CheckpointMismatch, match="missing key"):
         load_checkpoint(tmp_path / "nerf.ckpt", "tiny-mesh")
+
+
+def test_embedded_variant_is_used_and_checked(tmp_path: Path) -> None:
+    """A trainer-written .ckpt embeds its VariantConfig: no variant needed, a wrong one refused."""
+    payload, state = _upstream_payload("tiny-mesh")
+    custom = dataclasses.replace(get_variant("tiny-mesh"), grid_res=6)  # no registry entry
+    payload[VARIANT_KEY] = custom.to_dict()
+    path = tmp_path / "tiny_mesh.ckpt"
+    torch.save(payload, path)
+    model = load_checkpoint(path)
+    _assert_same_state(model, state)
+    assert model.cfg == custom and model.cfg.grid_res == 6
+    assert load_checkpoint(tmp_path, "tiny-mesh").cfg == get_variant("tiny-mesh")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path, "tiny-nerf")  # the only .ckpt there, trained as tiny-mesh
+    assert str(info.value) == (
+        f"{path} was trained as tiny-mesh, not tiny-nerf; pass --variant tiny-mesh"
+    )
+    payload[VARIANT_KEY] = {"name": "x", "synthesizer": "voxels"}
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="invalid 'instantmesh_variant' entry"):
+        load_checkpoint(path)
 
 
 def test_truncated_and_foreign_files_are_clear_errors(tmp_path: Path) -> None:
