@@ -11,9 +11,9 @@ not counted twice.
 (no scripts, no external files). It reads these columns when present:
 
 - ``loss`` and every ``loss_<term>``: one plot each against ``step`` (log y when all positive);
-- ``samples_per_s`` (else ``samples / (data_time + compute_time)``): throughput;
-- ``data_time`` and ``compute_time`` (seconds per step waiting for the data loader / computing):
-  the loader's share of step time, ``data_time / (data_time + compute_time)``;
+- ``samples_per_s`` and ``images_per_s``: throughput;
+- ``data_time_s`` (seconds the step waited for the data loader) and ``step_time_s`` (the whole
+  step, data included): the loader's share of step time, ``data_time_s / step_time_s``;
 - ``lr`` and every ``lr_<group>``: learning rate;
 
 and shows the run config from ``<out>/config.yaml`` (when present) and, for every numeric
@@ -57,6 +57,8 @@ METRICS_FILE = "metrics.parquet"
 REPORT_FILE = "report.html"
 CONFIG_FILE = "config.yaml"
 STEP = "step"
+DATA_TIME = "data_time_s"
+STEP_TIME = "step_time_s"
 MAX_POINTS = 1000
 """Longer series are drawn as MAX_POINTS means of consecutive steps (the file keeps every row)."""
 
@@ -388,16 +390,11 @@ def render_train_report(
     rates = [n for n in names if n in numeric and (n == "lr" or n.startswith("lr_"))]
     loss_plots = [(n, _numeric(table, n), None, "#2563eb") for n in losses]
     speed_plots: list[tuple[str, np.ndarray, bool | None, str]] = []
-    timing = "data_time" in numeric and "compute_time" in numeric
+    timing = DATA_TIME in numeric and STEP_TIME in numeric
     if timing:
-        data_t, compute_t = _numeric(table, "data_time"), _numeric(table, "compute_time")
-        step_t = data_t + compute_t
+        data_t, step_t = _numeric(table, DATA_TIME), _numeric(table, STEP_TIME)
     if "samples_per_s" in numeric:
         speed_plots.append(("samples/s", _numeric(table, "samples_per_s"), False, "#059669"))
-    elif timing and "samples" in numeric:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            speed = _numeric(table, "samples") / step_t
-        speed_plots.append(("samples/s", speed, False, "#059669"))
     if "images_per_s" in numeric:
         speed_plots.append(("images/s", _numeric(table, "images_per_s"), False, "#059669"))
     share_note = ""
@@ -405,12 +402,12 @@ def render_train_report(
         with np.errstate(divide="ignore", invalid="ignore"):
             share = data_t / step_t
         speed_plots.append(("data loader share of step time", share, False, "#d97706"))
-        ok = np.isfinite(data_t) & np.isfinite(compute_t)
-        total = float(step_t[ok].sum())
+        ok = np.isfinite(data_t) & np.isfinite(step_t)
+        total, waiting = float(step_t[ok].sum()), float(data_t[ok].sum())
         if total > 0:
             share_note = (
-                f"<p>Data loader share of all step time: {_fmt(float(data_t[ok].sum()) / total)} "
-                f"({_fmt(float(data_t[ok].sum()))} s of {_fmt(total)} s).</p>"
+                f"<p>Data loader share of all step time: {_fmt(waiting / total)} "
+                f"({_fmt(waiting)} s of {_fmt(total)} s).</p>"
             )
     lr_plots = [(n, _numeric(table, n), False, "#7c3aed") for n in rates]
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

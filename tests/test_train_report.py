@@ -37,9 +37,9 @@ def _row(step: int, loss: float) -> dict:
         "loss": loss,
         "loss_mse": loss / 2,
         "lr": 1e-4 * step,
-        "data_time": 0.5,
-        "compute_time": 1.5,
-        "samples": 4,
+        "samples_per_s": 2,
+        "data_time_s": 0.5,
+        "step_time_s": 2.0,
         "uids": [f"u{step}a", f"u{step}b"],
     }
 
@@ -52,7 +52,7 @@ def test_metrics_parquet_holds_the_appended_rows(out: str) -> None:
     table = read_metrics(storage.join(out, "metrics.parquet"))
     assert table.schema.field("step").type == pa.int64()
     assert table.schema.field("uids").type == pa.string()
-    for name in ("loss", "loss_mse", "lr", "data_time", "compute_time", "samples"):
+    for name in ("loss", "loss_mse", "lr", "samples_per_s", "data_time_s", "step_time_s"):
         assert table.schema.field(name).type == pa.float64(), name
     rows = table.to_pylist()
     assert rows == [
@@ -61,9 +61,9 @@ def test_metrics_parquet_holds_the_appended_rows(out: str) -> None:
             "loss": 3.0,
             "loss_mse": 1.5,
             "lr": 1e-4,
-            "data_time": 0.5,
-            "compute_time": 1.5,
-            "samples": 4.0,
+            "samples_per_s": 2.0,
+            "data_time_s": 0.5,
+            "step_time_s": 2.0,
             "uids": "u1a,u1b",
         },
         {
@@ -71,9 +71,9 @@ def test_metrics_parquet_holds_the_appended_rows(out: str) -> None:
             "loss": 2.5,
             "loss_mse": 1.25,
             "lr": pytest.approx(2e-4, rel=1e-7),  # a float32 tensor, widened
-            "data_time": 0.5,
-            "compute_time": 1.5,
-            "samples": 4.0,
+            "samples_per_s": 2.0,
+            "data_time_s": 0.5,
+            "step_time_s": 2.0,
             "uids": "u2a,u2b",
         },
     ]
@@ -192,7 +192,7 @@ def test_report_page(out: str) -> None:
     row = re.search(r"<tr><td>loss</td>(.*?)</tr>", text)
     assert row is not None
     assert re.findall(r'<td class="num">([^<]*)</td>', row.group(1)) == ["2", "1", "2"]
-    # plots: loss (log y), each term, samples/s = 4 / (0.5 + 1.5), loader share, lr
+    # plots: loss (log y), each term, samples/s, loader share 0.5 / 2, lr
     svgs = re.findall(r"<svg .*?</svg>", text)
     titles = [re.search(r'aria-label="([^"]*)"', s).group(1) for s in svgs]  # type: ignore[union-attr]
     assert titles == [
