@@ -48,7 +48,7 @@ import tarfile
 import tempfile
 import weakref
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
@@ -652,6 +652,8 @@ class SampleDataset(torch.utils.data.IterableDataset[dict[str, Any]]):
         else:
             self.image_root = self._find_image_root(Path(os.fspath(source)))  # type: ignore[arg-type]
             self.uids = self._object_uids(uids)
+        self.resume_skip: frozenset[str] = frozenset()
+        """Objects left out, undecoded, by the next passes (:meth:`set_resume_skip`)."""
         self._skip_dir = tempfile.mkdtemp(prefix="imesh-skips-")
         weakref.finalize(self, _remove_tree, self._skip_dir, os.getpid())
         self._skipped: list[SkipRecord] = []
@@ -711,6 +713,13 @@ class SampleDataset(torch.utils.data.IterableDataset[dict[str, Any]]):
         if self.reader is not None:
             self.reader.set_epoch(epoch)
 
+    def set_resume_skip(self, uids: Iterable[str]) -> None:
+        """Leave the objects ``uids`` out of the following passes without reading past their
+        uid or decoding them: a trainer resuming mid-epoch passes the objects its checkpoint had
+        already consumed this epoch (the splits and the order of the rest are unchanged, so each
+        split continues where it stopped). An empty set (default) leaves nothing out."""
+        self.resume_skip = frozenset(str(u) for u in uids)
+
     def __len__(self) -> int:
         """Number of objects over all ranks (object folders; the shard index for shards)."""
         if self.reader is None:
@@ -752,6 +761,8 @@ class SampleDataset(torch.utils.data.IterableDataset[dict[str, Any]]):
 
         shard_errors = None if self.on_error == "raise" else skip
         for sample in self._raw_samples(split, shard_errors):  # type: ignore[arg-type]
+            if sample.uid in self.resume_skip:
+                continue
             try:
                 if self.reader is not None and isinstance(sample, TarSample):
                     self.reader.check_members(sample)

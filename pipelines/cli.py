@@ -372,6 +372,11 @@ COMMANDS: dict[str, Command] = {
         _run_module("pipelines.compare", "run_compare"),
         "Compare two evaluation runs; exit 3 on a regression (the nightly check).",
     ),
+    "train": Command(
+        _lazy("pipelines.train", "TrainConfig"),
+        _run_module("pipelines.train", "main_train"),
+        "Train the LRM (stage nerf, then mesh) on instantmesh32 renders/shards with Ray Train.",
+    ),
     "plan": Command(
         _lazy("pipelines.plan", "PlanConfig"),
         _run_module("pipelines.plan", "run_plan"),
