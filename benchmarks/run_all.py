@@ -104,6 +104,15 @@ BENCHES = (
         r"ratio shards",
     ),
     Bench(
+        "train",
+        "bench_train.py",
+        "imesh train (Ray Train, DataLoader) vs the same steps on preloaded batches",
+        "ratio ~1x; fixed start-up s",
+        ("--steps", "12"),
+        r"ratio loader-fed|fixed overhead",
+        ("--device", "cuda"),
+    ),
+    Bench(
         "flexicubes_memory",
         "bench_flexicubes_memory.py",
         "surface-cubes-only vs all-vertices FlexiCubes",
