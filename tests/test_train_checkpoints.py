@@ -64,11 +64,11 @@ def memory_out() -> str:
     storage.remove(url)
 
 
-@pytest.mark.parametrize("where", ["local", "memory"])
+@pytest.mark.parametrize("where", ["local", "file", "memory"])
 def test_round_trip_restores_model_optimizer_scheduler_in_place(
     where: str, tmp_path: Path, memory_out: str
 ) -> None:
-    out = str(tmp_path / "run") if where == "local" else memory_out
+    out = {"local": str(tmp_path / "run"), "file": f"file://{tmp_path}/run"}.get(where, memory_out)
     model, opt, sched = _trained("tiny-nerf", steps=3)
     gen = torch.Generator().manual_seed(7)
     state = {"step": 3, "epoch": 1, "generator": gen.get_state(), "seen": [1.5, None, "a"]}
