@@ -406,7 +406,7 @@ def render_train_report(
         total, waiting = float(step_t[ok].sum()), float(data_t[ok].sum())
         if total > 0:
             share_note = (
-                f"<p>Data loader share of all step time: {_fmt(waiting / total)} "
+                f"<p>Data loader share of all step time: {100 * waiting / total:.1f} % "
                 f"({_fmt(waiting)} s of {_fmt(total)} s).</p>"
             )
     lr_plots = [(n, _numeric(table, n), False, "#7c3aed") for n in rates]

@@ -207,7 +207,7 @@ def test_report_page(out: str) -> None:
     expected = [(58.0, 26.0), (202.0, 156.0), (346.0, round(top_of_2, 2))]
     np.testing.assert_allclose(_polyline(svgs[0]), expected, rtol=0, atol=1e-9)
     assert ">2</text>" in svgs[3] and ">0.25</text>" in svgs[4]
-    assert "Data loader share of all step time: 0.25 (1.5 s of 6 s)" in text
+    assert "Data loader share of all step time: 25.0 % (1.5 s of 6 s)" in text
 
 
 def test_report_without_config_or_timings(out: str) -> None:
