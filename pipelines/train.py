@@ -186,6 +186,8 @@ class TrainResult:
     metrics_uri: str
     report_uri: str | None
     last_loss: float | None = None
+    ray_start_s: float = 0.0
+    """Checks and starting (or joining) Ray, before run_train (set by the CLI)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,18 +285,39 @@ def read_init_state(url: str) -> dict[str, torch.Tensor]:
 
 
 def init_model_state(
-    stage: Stage, state: Mapping[str, torch.Tensor], model: torch.nn.Module, source: str
+    stage: Stage,
+    state: Mapping[str, torch.Tensor],
+    model: torch.nn.Module,
+    source: str,
+    *,
+    check_only: bool = False,
 ) -> None:
-    """Load ``state`` into ``model`` strictly. Stage mesh converts a stage-1 (NeRF) state as
-    upstream does (``training.mesh_stage.mesh_state_from_nerf``); a state with exactly the
-    model's keys (a stage-2 checkpoint) loads as it is."""
-    from instantmesh.checkpoint import load_state_dict_strict
+    """Load ``state`` into ``model`` strictly (``check_only``: only check keys and shapes, e.g.
+    against a model on the meta device). Stage mesh converts a stage-1 (NeRF) state as upstream
+    does (``training.mesh_stage.mesh_state_from_nerf``); the heads without a stage-1
+    counterpart (deformation, FlexiCubes weights) keep the model's initialisation, as upstream.
+    A state with exactly the model's keys (a stage-2 checkpoint) loads as it is."""
+    from instantmesh.checkpoint import CheckpointMismatch, load_state_dict_strict
 
-    if stage.init_from == "nerf" and set(state) != set(model.state_dict()):
+    own = model.state_dict()
+    if stage.init_from == "nerf" and set(state) != set(own):
         from training.mesh_stage import mesh_state_from_nerf
 
-        state = mesh_state_from_nerf(state, model)  # type: ignore[arg-type]
-    load_state_dict_strict(model, state, source)
+        converted = mesh_state_from_nerf(state, model)  # type: ignore[arg-type]
+        state = {k: converted.get(k, v) for k, v in own.items()}
+    if not check_only:
+        load_state_dict_strict(model, state, source)
+        return
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mis_shaped = [
+        (k, tuple(state[k].shape), tuple(v.shape))
+        for k, v in own.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or mis_shaped:
+        name = getattr(getattr(model, "cfg", None), "name", type(model).__name__)
+        raise CheckpointMismatch(source, name, missing, unexpected, mis_shaped)
 
 
 def _check_init(cfg: TrainConfig, stage: Stage) -> None:
@@ -314,11 +337,16 @@ def _check_init(cfg: TrainConfig, stage: Stage) -> None:
                 file=sys.stderr,
             )
         return
+    from instantmesh.checkpoint import CheckpointError
     from instantmesh.model import build_model
 
-    state = read_init_state(cfg.init_from)
-    model = build_model(cfg.variant, device="meta")
-    init_model_state(stage, state, model, cfg.init_from)
+    try:
+        state = read_init_state(cfg.init_from)
+        model = build_model(cfg.variant, device="meta")
+        init_model_state(stage, state, model, cfg.init_from, check_only=True)
+    except (CheckpointError, ValueError) as e:
+        cause = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise ConfigError(f"--init-from {cfg.init_from}: {cause}") from e
 
 
 def _check_lpips(net: str) -> None:
@@ -533,11 +561,11 @@ def run_training(
 ) -> None:
     """The training loop of rank ``rank`` (called by :func:`train_worker` inside Ray Train)."""
     import torch
-    from training.losses import load_lpips_loss
 
     from instantmesh.model import build_model
     from pipelines.train_checkpoints import load_training_checkpoint, save_training_checkpoint
     from pipelines.train_report import MetricsLog
+    from training.losses import load_lpips_loss
     from training.stages import build_optimizer, build_scheduler
 
     torch.set_num_threads(cfg.cpus_per_worker)
@@ -779,7 +807,7 @@ def run_train(
             done = msg
     thread.join()
     if errors:
-        raise _worker_error(errors[0])
+        raise _worker_error(errors[0]) from errors[0]
     end = float(done.get("time", time.time()))
     first = started if started is not None else end
     return _finish(
@@ -847,8 +875,9 @@ def summary_lines(cfg: TrainConfig, result: TrainResult) -> list[str]:
         f"({cfg.stage} stage, {cfg.variant})"
         + (f", resumed from {result.resumed_from}" if result.resumed_from else "")
         + (f"; last loss {result.last_loss:.4f}" if result.last_loss is not None else ""),
-        f"wall {result.wall_s:.1f} s (Ray Train start to first step {result.startup_s:.1f} s, "
-        f"training {result.train_s:.1f} s), {result.samples_per_s:.2f} samples/s",
+        f"wall {result.wall_s:.1f} s (checks + Ray start {result.ray_start_s:.1f} s, Ray Train "
+        f"start to first step {result.startup_s:.1f} s, training {result.train_s:.1f} s), "
+        f"{result.samples_per_s:.2f} samples/s",
         f"checkpoints: {storage.join(cfg.out, 'checkpoints')}/  latest: {result.checkpoint}",
         f"metrics: {result.metrics_uri}  report: {result.report_uri}",
     ]
@@ -867,9 +896,12 @@ def main_train(cfg: TrainConfig) -> int:
     """``imesh train``: check the inputs (exit 2 before Ray), train, print the summary."""
     from pipelines.ray_session import ray_session
 
+    t0 = time.time()
     cfg, plan = check_train_config(cfg)
-    with ray_session(cfg.address, num_cpus=None):
+    with ray_session(cfg.address):
+        t_ray = time.time()
         result = run_train(cfg, plan)
+    result = dataclasses.replace(result, wall_s=time.time() - t0, ray_start_s=t_ray - t0)
     for line in summary_lines(cfg, result):
         print(line)
     sys.stdout.flush()

@@ -59,7 +59,7 @@ def _cfg(renders: Path, out: Path, **kw: Any) -> TrainConfig:
         "total_views": VIEWS,
         "input_views": 2,
         "target_views": 2,
-        "render_size": 24,
+        "render_size": SIZE,  # the random LPIPS trunk (AlexNet) needs >= 32 px
         "batch_size": 1,
         "lpips_net": "random",
         "log_every": 1000,
@@ -199,6 +199,7 @@ def trained(
         init_from=str(nerf.checkpoint),
         steps=30,
         lr=2e-3,
+        batch_size=3,
         checkpoint_every=15,
     )
     mesh = run_train(mesh_cfg)
@@ -217,14 +218,15 @@ def test_nerf_then_mesh_stage_the_loss_drops(trained: dict[str, Any]) -> None:
     print(f"mesh stage loss: first 5 steps {first:.4f}, last 5 steps {last:.4f}")
     assert last < first / LOSS_FACTOR
     assert all(r["samples_per_s"] > 0 and r["data_time_s"] >= 0 for r in rows)
-    ckpts = sorted(p.name for p in (Path(mesh.out) / "checkpoints").iterdir())
+    ckpts = sorted(p.name for p in (Path(mesh.out) / "checkpoints").glob("step-*"))
     assert ckpts == ["step-00000015", "step-00000030"]
     assert (Path(mesh.out) / "report.html").is_file()
 
 
-LOSS_FACTOR = 1.5
-"""Measured: the mean loss of the last 5 of 30 tiny-mesh steps is about X times lower than of
-the first 5 (see the test's printed values); asserted with margin."""
+LOSS_FACTOR = 1.1
+"""Measured (CPU, one torch thread): the mean loss of the first 5 of the 30 tiny-mesh steps is
+1.19 times that of the last 5 (1.274 -> 1.071; image terms: MSE 1.29x, LPIPS 1.38x, mask
+1.15x, depth 1.22x); asserted with margin."""
 
 
 def test_trained_checkpoint_loads_strictly_and_benchmarks(
@@ -278,7 +280,7 @@ def test_trained_checkpoint_loads_strictly_and_benchmarks(
 
 
 def test_kill_and_resume_continues_with_the_same_batches(renders: Path, tmp_path: Path) -> None:
-    steps = 24
+    steps = 16
     reference = run_train(_cfg(renders, tmp_path / "clean", steps=steps, checkpoint_every=4))
     assert reference.steps == steps
     killed = tmp_path / "killed"
