@@ -10,9 +10,11 @@ Protocol (paper section 4; every open choice is a parameter):
 2. **2D**: the prediction is normalized into [-1, 1]^3 exactly like the GT was (bounding box
    centred, longest side 2: ``rendering.normalize``) and rendered by the same backend at the GT
    views' cameras (``orbit``, and ``benchmark`` when the object has them), RGBA; both images are
-   composited on white and compared with PSNR / SSIM / LPIPS (``evaluation.metrics``).
-3. **3D**: Chamfer distance and F-Score@t on 16K surface samples, both meshes re-normalized into
-   [-1, 1]^3 (``evaluation.geometry.geometry_metrics``).
+   composited on white and compared with every per-view metric of the registry (PSNR / SSIM /
+   LPIPS: ``evaluation.metric_registry.METRICS``, computed by ``evaluation.metric_functions``).
+3. **3D**: every per-object metric of the registry: Chamfer distance and F-Score@t on 16K
+   surface samples, both meshes re-normalized into [-1, 1]^3
+   (``evaluation.geometry.geometry_metrics``), and the best-aligned ones with ``align="search"``.
 
 A prediction that cannot be evaluated (empty, NaN vertices, render failure) raises; the
 pipeline turns that into a failed status row and the report counts the object as failed.
@@ -23,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +35,15 @@ import trimesh
 from PIL import Image
 from trimesh.visual.color import ColorVisuals
 
-from evaluation.alignment import FRAMES, Frame, refine_icp, search_alignment
-from evaluation.geometry import chamfer_fscore, geometry_metrics, threshold_key
-from evaluation.metrics import image_metrics
+from evaluation.alignment import refine_icp
+from evaluation.metric_functions import (
+    ObjectInputs,
+    ViewInputs,
+    object_metric_values,
+    view_metric_values,
+)
+from evaluation.metric_registry import METRICS, Metric
+from evaluation.metrics import composite
 from rendering.backends import prepare_object
 from rendering.cameras import Camera
 from rendering.mesh_io import load_world_mesh, world_mesh_glb_bytes
@@ -70,12 +78,17 @@ class EvalOptions:
 @dataclass
 class ObjectEvaluation:
     views: dict[str, dict[str, np.ndarray]]
-    """view set -> {"psnr", "ssim", "lpips"} arrays, one value per view."""
+    """view set -> {per-view metric name: array, one value per view} (``psnr``, ``ssim``,
+    ``lpips``, ...: every per-view metric evaluated)."""
     geometry: dict[str, Any]
-    """``chamfer``, ``fscore@t``, ... and, with ``align="search"``, ``aligned``: the
-    best-aligned ``chamfer``, ``fscore`` and the transform found."""
+    """``chamfer``, ``fscore@t``, ``precision@t``, ``recall@t``, ... and, with
+    ``align="search"``, ``aligned``: the best-aligned ``chamfer``, ``fscore`` and the
+    transform found."""
     renders: dict[str, list[np.ndarray]]
     """view set -> predicted RGBA uint8 images (for reports)."""
+    metrics: dict[str, float | None] = dataclasses.field(default_factory=dict)
+    """per-object metric name -> value (``chamfer``, ``fscore``, ...: every per-object metric
+    evaluated; None where not computed, e.g. the aligned ones without ``align="search"``)."""
 
 
 def view_set_cameras(object_dir: Path, view_set: str) -> list[Camera]:
@@ -118,14 +131,6 @@ def resized_views(
     return cams, np.stack(out).astype(np.float32)
 
 
-def convention_frame_name(frame: str) -> Frame:
-    """``frame`` checked against :data:`evaluation.alignment.FRAMES`."""
-    for known in FRAMES:
-        if frame == known:
-            return known
-    raise ValueError(f"unknown frame {frame!r}; expected one of {FRAMES}")
-
-
 def render_mesh(
     backend: Any, mesh_world: trimesh.Trimesh, cameras: Sequence[Camera], object_scale: float = 1.0
 ) -> list[Any]:
@@ -153,9 +158,19 @@ def render_mesh(
 
 
 def evaluate_object(
-    pred_world: trimesh.Trimesh, object_dir: Path, backend: Any, options: EvalOptions
+    pred_world: trimesh.Trimesh,
+    object_dir: Path,
+    backend: Any,
+    options: EvalOptions,
+    metrics: Iterable[Metric] | None = None,
 ) -> ObjectEvaluation:
-    """Metrics of a prediction (already in our frame) against the object in ``object_dir``."""
+    """Metrics of a prediction (already in our frame) against the object in ``object_dir``:
+    every entry of ``metrics`` (default: the registry, ``METRICS``), each computed by its
+    entry's ``compute`` function."""
+    entries = list(METRICS.values() if metrics is None else metrics)
+    if options.align not in ("protocol", "search"):
+        raise ValueError(f"align must be 'protocol' or 'search', got {options.align!r}")
+    view_inputs = ViewInputs(lpips_net=options.lpips_net, device=options.device)
     gt = load_world_mesh(object_dir / "gt_mesh.glb")
     if options.icp:
         pred_world = refine_icp(pred_world, gt, seed=options.seed).mesh
@@ -173,39 +188,27 @@ def evaluate_object(
         rendered = render_mesh(backend, pred_world, cams, float(record.get("object_scale", 1.0)))
         pred_u8 = [rgba_u8(v) for v in rendered]
         pred_images = np.stack(pred_u8).astype(np.float32) / 255.0
-        m = image_metrics(
-            pred_images,
-            gt_images,
-            background=options.background,
-            lpips_net=options.lpips_net,
-            device=options.device,
+        views[vs] = view_metric_values(
+            composite(pred_images, options.background),
+            composite(gt_images, options.background),
+            view_inputs,
+            entries,
         )
-        views[vs] = {k: np.asarray(v, dtype=np.float64) for k, v in m.items()}
         renders[vs] = pred_u8
-    geo: dict[str, Any] = geometry_metrics(
+    object_inputs = ObjectInputs(
         pred_world,
         gt,
         n_points=options.n_points,
-        thresholds=(options.fscore_threshold,),
+        fscore_threshold=options.fscore_threshold,
         seed=options.seed,
+        align=options.align,
+        frame=options.frame,
     )
-    if options.align == "search":
-        frame = convention_frame_name(options.frame)
-        found = search_alignment(
-            pred_world, gt, frame, n_points=options.n_points, seed=options.seed
-        )
-        best = chamfer_fscore(found.pred_points, found.gt_points, (options.fscore_threshold,))
-        geo["aligned"] = {
-            "chamfer": best["chamfer"],
-            "fscore": best[threshold_key("fscore", options.fscore_threshold)],
-            "transform": found.transform.reshape(-1).tolist(),
-            "yaw_deg": found.yaw_deg,
-            "pitch_deg": found.pitch_deg,
-            "scale": found.scale,
-        }
-    elif options.align != "protocol":
-        raise ValueError(f"align must be 'protocol' or 'search', got {options.align!r}")
-    return ObjectEvaluation(views, geo, renders)
+    values = object_metric_values(object_inputs, entries)
+    geo: dict[str, Any] = dict(object_inputs.geometry)
+    if object_inputs.aligned is not None:
+        geo["aligned"] = object_inputs.aligned
+    return ObjectEvaluation(views, geo, renders, values)
 
 
 def png_bytes(rgba: np.ndarray) -> bytes:

@@ -14,9 +14,13 @@ default tolerance of ``imesh compare``. From the entries are derived:
   ``max_drop`` thresholds (``evaluation.compare``; the packaged
   ``evaluation/data/default_thresholds.yaml`` is generated from these entries and tested equal).
 
-Adding a metric: write its compute function (per view: beside ``evaluation.metrics.psnr``,
-returned by ``evaluation.metrics.image_metrics``; per object: beside
-``evaluation.geometry.chamfer_fscore``), then add one entry to :data:`METRICS`.
+* the metrics ``imesh evaluate`` / ``imesh benchmark`` compute, and the columns of their stage
+  results (``pipelines.benchmark``: one loop over the entries, each calling its ``compute``).
+
+Adding a metric is one function and one entry: write its compute function with the signature
+of its scope (``evaluation.metric_functions``: per view ``fn(pred, gt, inputs) -> (N,) values``
+on the composited image batches; per object ``fn(inputs) -> float | None`` on the two meshes and
+the shared protocol geometry), then add one entry to :data:`METRICS` naming it in ``compute``.
 
 Directions (documented, and tested against the entries): PSNR, SSIM and F-Score are
 higher-is-better; LPIPS and Chamfer Distance are lower-is-better. The best-aligned geometry
@@ -31,9 +35,10 @@ else from the project, so command-line help can read it cheaply.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -76,6 +81,15 @@ class Metric:
     optional: bool = False
     """Computed only on request: tables show the column, and compare checks it, only when a run
     has values. Optional metrics are never ``required``."""
+    compute: str | Callable[..., Any] | None = None
+    """Its compute function: ``"module:function"`` (imported on first use, so reading the
+    registry stays cheap) or the function itself. Per view: ``fn(pred, gt, inputs)`` on the
+    (N, H, W, 3) float64 batches composited on the background, with
+    :class:`evaluation.metric_functions.ViewInputs`, returning N values (NaN where it cannot
+    compute one: recorded as null unless ``required``); per object: ``fn(inputs)`` with
+    :class:`evaluation.metric_functions.ObjectInputs`, returning a float or None (not computed,
+    e.g. an ``optional`` metric that was not asked for). None: records/tables-only entries
+    (an evaluation refuses them)."""
 
     def __post_init__(self) -> None:
         if self.scope not in ("view", "object"):
@@ -84,6 +98,28 @@ class Metric:
             raise ValueError(f"metric {self.name!r}: an optional metric cannot be required")
         if not self.max_drop >= 0:
             raise ValueError(f"metric {self.name!r}: max_drop must be >= 0")
+        if isinstance(self.compute, str) and not all(self.compute.partition(":")[::2]):
+            raise ValueError(
+                f"metric {self.name!r}: compute must be 'module:function', got {self.compute!r}"
+            )
+
+    def compute_function(self) -> Callable[..., Any]:
+        """The compute function (imports its module for a ``"module:function"`` target)."""
+        if self.compute is None:
+            raise ValueError(
+                f"metric {self.name!r} has no compute function (its entry in "
+                "evaluation/metric_registry.py names none): it cannot be evaluated"
+            )
+        if not isinstance(self.compute, str):
+            return self.compute
+        module, _, name = self.compute.partition(":")
+        try:
+            fn: Callable[..., Any] = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(
+                f"metric {self.name!r}: compute function {self.compute!r} cannot be loaded ({e})"
+            ) from e
+        return fn
 
     # ----- names kept from the former ``evaluation.tables.MetricSpec``
     @property
@@ -123,6 +159,8 @@ def _registry(*entries: Metric) -> dict[str, Metric]:
     return out
 
 
+_FUNCTIONS = "evaluation.metric_functions"
+
 METRICS: dict[str, Metric] = _registry(
     Metric(
         "psnr",
@@ -133,6 +171,7 @@ METRICS: dict[str, Metric] = _registry(
         ".2f",
         0.5,
         "peak signal-to-noise ratio on [0, 1] images composited on white (evaluation.metrics.psnr)",
+        compute=f"{_FUNCTIONS}:psnr_views",
     ),
     Metric(
         "ssim",
@@ -143,6 +182,7 @@ METRICS: dict[str, Metric] = _registry(
         ".3f",
         0.01,
         "structural similarity, scikit-image defaults (evaluation.metrics.ssim)",
+        compute=f"{_FUNCTIONS}:ssim_views",
     ),
     Metric(
         "lpips",
@@ -155,6 +195,7 @@ METRICS: dict[str, Metric] = _registry(
         "learned perceptual distance; null when the backbone weights are absent "
         "(evaluation.metrics.lpips_distance)",
         required=False,
+        compute=f"{_FUNCTIONS}:lpips_views",
     ),
     Metric(
         "chamfer",
@@ -165,6 +206,7 @@ METRICS: dict[str, Metric] = _registry(
         ".3f",
         0.005,
         "Chamfer Distance in the normalized [-1, 1]^3 frame (evaluation.geometry.chamfer_fscore)",
+        compute=f"{_FUNCTIONS}:chamfer",
     ),
     Metric(
         "fscore",
@@ -176,6 +218,7 @@ METRICS: dict[str, Metric] = _registry(
         0.01,
         "F-Score at the run's threshold, 0.2 in the paper protocol "
         "(evaluation.geometry.chamfer_fscore)",
+        compute=f"{_FUNCTIONS}:fscore",
     ),
     Metric(
         "chamfer_aligned",
@@ -188,6 +231,7 @@ METRICS: dict[str, Metric] = _registry(
         "Chamfer Distance after the best-alignment search (imesh evaluate --align search)",
         required=False,
         optional=True,
+        compute=f"{_FUNCTIONS}:chamfer_aligned",
     ),
     Metric(
         "fscore_aligned",
@@ -200,6 +244,7 @@ METRICS: dict[str, Metric] = _registry(
         "F-Score after the best-alignment search (imesh evaluate --align search)",
         required=False,
         optional=True,
+        compute=f"{_FUNCTIONS}:fscore_aligned",
     ),
 )
 """Every reported metric, in display order (tables list their columns in this order)."""

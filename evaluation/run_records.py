@@ -355,6 +355,12 @@ class RunInfo:
         return name
 
     @property
+    def unavailable_metrics(self) -> frozenset[str]:
+        """Metrics this run records as null whatever was computed: ``lpips`` unless
+        ``lpips_available`` (a random trunk's numbers mean nothing)."""
+        return frozenset() if self.lpips_available else frozenset({"lpips"})
+
+    @property
     def lpips_usable(self) -> bool:
         """True when LPIPS numbers are real: available and not from a random trunk."""
         backbone = self.lpips_backbone or ""

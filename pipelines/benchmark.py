@@ -29,7 +29,9 @@ predictor into the same run, makes the next ``evaluate`` redo it.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -40,6 +42,7 @@ from tyro.conf import arg
 
 from evaluation.evaluate_object import EvalOptions, evaluate_object, png_bytes
 from evaluation.geometry import threshold_key
+from evaluation.metric_registry import METRICS, Metric, metric_names
 from evaluation.predictors import (
     PREDICTORS,
     BasePredictorOptions,
@@ -464,33 +467,36 @@ def run_predict(cfg: PredictConfig) -> StageReport:
 # evaluate
 
 
-EVALUATE_SCHEMA = pa.schema(
-    [
-        ("view_set", pa.list_(pa.string())),
-        ("view", pa.list_(pa.int32())),
-        ("psnr", pa.list_(pa.float64())),
-        ("ssim", pa.list_(pa.float64())),
-        ("lpips", pa.list_(pa.float64())),
-        ("chamfer", pa.float64()),
-        ("fscore", pa.float64()),
-        ("precision", pa.float64()),
-        ("recall", pa.float64()),
-        ("chamfer_aligned", pa.float64()),
-        ("fscore_aligned", pa.float64()),
-        ("align_transform", pa.list_(pa.float64())),
-        ("align_yaw_deg", pa.float64()),
-        ("align_pitch_deg", pa.float64()),
-        ("align_scale", pa.float64()),
-    ]
-)
-ALIGNED_COLUMNS = (
-    "chamfer_aligned",
-    "fscore_aligned",
-    "align_transform",
-    "align_yaw_deg",
-    "align_pitch_deg",
-    "align_scale",
-)
+def evaluate_schema(registry: Mapping[str, Metric] | None = None) -> pa.Schema:
+    """The evaluate stage's result columns for a metric registry (default: ``METRICS``): the
+    views (``view_set``, ``view``), one list column per per-view metric, then the per-object
+    metrics with the protocol geometry's ``precision`` / ``recall`` after the protocol ones and
+    the best-alignment details (:data:`ALIGN_DETAILS`) after the optional ones."""
+    reg = METRICS if registry is None else registry
+    return pa.schema(
+        [
+            ("view_set", pa.list_(pa.string())),
+            ("view", pa.list_(pa.int32())),
+            *((m, pa.list_(pa.float64())) for m in metric_names("view", registry=reg)),
+            *((m, pa.float64()) for m in metric_names("object", optional=False, registry=reg)),
+            *((name, pa.float64()) for name in GEOMETRY_DETAILS),
+            *((m, pa.float64()) for m in metric_names("object", optional=True, registry=reg)),
+            ("align_transform", pa.list_(pa.float64())),
+            ("align_yaw_deg", pa.float64()),
+            ("align_pitch_deg", pa.float64()),
+            ("align_scale", pa.float64()),
+        ]
+    )
+
+
+GEOMETRY_DETAILS = ("precision", "recall")
+"""Protocol geometry columns beside the metrics (at the run's F-Score threshold): stage
+results and ``geometry_metrics.parquet`` columns."""
+ALIGN_DETAILS = ("align_transform", "align_yaw_deg", "align_pitch_deg", "align_scale")
+"""The alignment found by ``--align search`` (``evaluation.alignment.search_alignment``): stage
+results, and extra ``geometry_metrics.parquet`` columns of the objects that have it."""
+EVALUATE_SCHEMA = evaluate_schema()
+"""The evaluate stage's result columns for the packaged registry (:func:`evaluate_schema`)."""
 
 
 def _lpips_setting(cfg: EvaluateConfig) -> str | None:
@@ -504,7 +510,7 @@ def _lpips_setting(cfg: EvaluateConfig) -> str | None:
     return cfg.lpips_net if lpips_backbone_path(cfg.lpips_net).is_file() else None
 
 
-def _evaluate_setup(cfg: EvaluateConfig) -> Any:
+def _render_backend(cfg: EvaluateConfig) -> Any:
     from rendering.backends import RenderSettings, make_backend
 
     if cfg.backend is None or cfg.shading is None or cfg.samples is None:
@@ -515,8 +521,34 @@ def _evaluate_setup(cfg: EvaluateConfig) -> Any:
     return make_backend(cfg.backend, settings)
 
 
+@dataclass
+class EvaluateState:
+    """An evaluate worker's state: its render backend and the metrics it computes."""
+
+    backend: Any
+    metrics: tuple[Metric, ...]
+
+    def close(self) -> None:
+        close = getattr(self.backend, "close", None)
+        if callable(close):
+            close()
+
+
+@dataclass(frozen=True)
+class EvaluateSetup:
+    """``Stage.setup`` of the evaluate stage. It carries the metric entries of the driver's
+    registry to the workers (Ray pickles it with the stage), so the workers compute exactly
+    the columns the driver's result schema and run records declare."""
+
+    metrics: tuple[Metric, ...]
+
+    def __call__(self, cfg: EvaluateConfig) -> EvaluateState:
+        return EvaluateState(_render_backend(cfg), self.metrics)
+
+
 def evaluate_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
     cfg: EvaluateConfig = ctx.config
+    state: EvaluateState = ctx.state
     assert ctx.scratch_dir is not None
     dataset = str(row["source"])  # evaluation-set manifests name their dataset in `source`
     pred_url = storage.join(cfg.out, "predictions", dataset, ctx.uid)
@@ -538,30 +570,26 @@ def evaluate_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
         device=cfg.device,  # "cpu" or "cuda": resolved by the driver (resolve_metrics_device)
         image_size=cfg.size,  # the evaluation set's unless forced (resolve_render_settings)
     )
-    result = evaluate_object(pred, object_dir(cfg.evalset, ctx.uid), ctx.state, options)
-    out: dict[str, list[Any]] = {k: [] for k in ("view_set", "view", "psnr", "ssim", "lpips")}
+    folder = object_dir(cfg.evalset, ctx.uid)
+    result = evaluate_object(pred, folder, state.backend, options, state.metrics)
+    view_metrics = [m.name for m in state.metrics if m.scope == "view"]
+    out: dict[str, list[Any]] = {k: [] for k in ("view_set", "view", *view_metrics)}
     for vs, metrics in result.views.items():
         (ctx.scratch_dir / vs).mkdir()
         for i, image in enumerate(result.renders[vs]):
             (ctx.scratch_dir / vs / f"{i:03d}.png").write_bytes(png_bytes(image))
-        n = len(metrics["psnr"])
+        n = len(result.renders[vs])
         out["view_set"] += [vs] * n
         out["view"] += list(range(n))
-        for k in ("psnr", "ssim", "lpips"):
+        for k in view_metrics:
             out[k] += [float(x) for x in metrics[k]]
     t = cfg.fscore_threshold
-    geo = result.geometry
-    aligned = geo.get("aligned") or {}
+    aligned = result.geometry.get("aligned") or {}
     return {
         **out,
-        "chamfer": geo["chamfer"],
-        **{k: geo[threshold_key(k, t)] for k in ("fscore", "precision", "recall")},
-        "chamfer_aligned": aligned.get("chamfer"),
-        "fscore_aligned": aligned.get("fscore"),
-        "align_transform": aligned.get("transform"),
-        "align_yaw_deg": aligned.get("yaw_deg"),
-        "align_pitch_deg": aligned.get("pitch_deg"),
-        "align_scale": aligned.get("scale"),
+        **result.metrics,
+        **{k: result.geometry[threshold_key(k, t)] for k in GEOMETRY_DETAILS},
+        **{k: aligned.get(k.removeprefix("align_")) for k in ALIGN_DETAILS},
     }
 
 
@@ -598,13 +626,14 @@ def resolve_metrics_device(cfg: MetricOptions, cluster_gpus: float) -> Literal["
     return "cuda"
 
 
-def evaluation_inputs(row: dict[str, Any], cfg: EvaluateConfig) -> str:
+def evaluation_inputs(row: dict[str, Any], cfg: EvaluateConfig, metrics: Sequence[str] = ()) -> str:
     """Identity of what an evaluation scores: the prediction's and the GT object's completion
-    markers (which name the run, attempt and config that produced them), and the LPIPS backbone
-    actually usable. Re-predicting an object (another predictor, a fixed mesh), rebuilding the
-    evaluation set or installing the LPIPS weights changes it, so resume re-evaluates that
-    object instead of keeping stale metrics (or a null LPIPS)."""
-    markers: dict[str, Any] = {"lpips": _lpips_setting(cfg)}
+    markers (which name the run, attempt and config that produced them), the LPIPS backbone
+    actually usable and the ``metrics`` computed (registry names). Re-predicting an object
+    (another predictor, a fixed mesh), rebuilding the evaluation set, installing the LPIPS
+    weights or registering a metric changes it, so resume re-evaluates that object instead of
+    keeping stale metrics (or a null LPIPS, or no value for the new metric)."""
+    markers: dict[str, Any] = {"lpips_backbone": _lpips_setting(cfg), "metrics": list(metrics)}
     for name, url in (
         ("prediction", storage.join(cfg.out, "predictions", str(row["source"]), str(row["uid"]))),
         ("gt", storage.join(cfg.evalset, EVALSET_OBJECTS, str(row["uid"]))),
@@ -616,15 +645,24 @@ def evaluation_inputs(row: dict[str, Any], cfg: EvaluateConfig) -> str:
     return json.dumps(markers, sort_keys=True, default=str)
 
 
-def evaluate_stage(dataset: str, num_gpus: float = 0.0) -> Stage:
+def evaluate_stage(
+    dataset: str, num_gpus: float = 0.0, registry: Mapping[str, Metric] | None = None
+) -> Stage:
+    """The evaluate stage of ``dataset``: every metric of ``registry`` (default: ``METRICS``,
+    read now, in the driver; an entry without a compute function is refused here)."""
+    metrics = tuple((METRICS if registry is None else registry).values())
+    for metric in metrics:
+        metric.compute_function()  # a bad target fails here, not once per object
     return Stage(
         name=f"evaluate-{dataset}",
         process=evaluate_item,
-        result_schema=EVALUATE_SCHEMA,
+        result_schema=evaluate_schema({m.name: m for m in metrics}),
         item_output=f"eval_renders/{dataset}",
-        setup=_evaluate_setup,
+        setup=EvaluateSetup(metrics),
         num_gpus=num_gpus,
-        input_fingerprint=evaluation_inputs,
+        input_fingerprint=functools.partial(
+            evaluation_inputs, metrics=tuple(m.name for m in metrics)
+        ),
     )
 
 
@@ -653,7 +691,7 @@ def compile_run_records(
     predict_cfg = _predict_info(cfg.out, dataset)
     pconf = predict_cfg.get("config", predict_cfg)
     predictor = str(pconf.get("predictor", "unknown"))
-    lpips = _lpips_setting(cfg)
+    backbone = _lpips_setting(cfg)
     try:
         previous: RunRecords | None = read_run(cfg.out)
     except RunRecordError:
@@ -672,8 +710,8 @@ def compile_run_records(
         },
         versions=versions(),
         git_commit=git_commit(),
-        lpips_backbone=lpips,
-        lpips_available=lpips is not None and not lpips.endswith("random"),
+        lpips_backbone=backbone,
+        lpips_available=backbone is not None and not backbone.endswith("random"),
     )
     status = read_parquet(report.status_uri).to_pylist()
     results = {r["uid"]: r for r in read_parquet(report.results_uri).to_pylist()}
@@ -690,6 +728,7 @@ def compile_run_records(
         else {}
     )
     image_rows, geo_rows, obj_rows = [], [], []
+    view_metrics = metric_names("view")
     for s in status:
         uid = s["uid"]
         ids = {"dataset": dataset, "uid": uid}
@@ -698,19 +737,15 @@ def compile_run_records(
         if outcome["status"] != "ok":
             continue
         r = results[uid]
-        for vs, view, ps, ss, lp in zip(
-            r["view_set"], r["view"], r["psnr"], r["ssim"], r["lpips"], strict=True
+        for vs, view, *values in zip(
+            r["view_set"], r["view"], *(r[m] for m in view_metrics), strict=True
         ):
             image_rows.append(
                 {
                     **ids,
                     "view_set": vs,
                     "view": view,
-                    "psnr": ps,
-                    "ssim": ss,
-                    "lpips": None
-                    if (lp is None or np.isnan(lp) or not info.lpips_available)
-                    else lp,
+                    **{m: _recorded(m, v, info) for m, v in zip(view_metrics, values, strict=True)},
                     "pred_uri": storage.join(
                         cfg.out, "eval_renders", dataset, uid, vs, f"{view:03d}.png"
                     ),
@@ -722,13 +757,11 @@ def compile_run_records(
         geo_rows.append(
             {
                 **ids,
-                "chamfer": r["chamfer"],
-                "fscore": r["fscore"],
-                "precision": r["precision"],
-                "recall": r["recall"],
+                **{m: r[m] for m in metric_names("object")},
+                **{k: r[k] for k in GEOMETRY_DETAILS},
                 "fscore_threshold": cfg.fscore_threshold,
-                # Best-aligned numbers (--align search) as separate columns, only when computed.
-                **{k: r.get(k) for k in ALIGNED_COLUMNS if r.get("chamfer_aligned") is not None},
+                # The alignment found (--align search) as extra columns, only when computed.
+                **({k: r[k] for k in ALIGN_DETAILS} if r[ALIGN_DETAILS[0]] is not None else {}),
             }
         )
     records = merge_run_records(
@@ -736,6 +769,17 @@ def compile_run_records(
     )
     write_run_records(cfg.out, records)
     return records
+
+
+def _recorded(metric: str, value: float | None, info: RunInfo) -> float | None:
+    """A per-view value as the run records keep it: null where the run cannot vouch for the
+    metric (``RunInfo.unavailable_metrics``: LPIPS without real weights) and, in a nullable
+    column, where it was not computed (NaN)."""
+    if value is None or metric in info.unavailable_metrics:
+        return None
+    if not METRICS[metric].required and np.isnan(value):
+        return None
+    return value
 
 
 def run_evaluate(cfg: EvaluateConfig) -> tuple[StageReport, RunRecords]:
