@@ -11,8 +11,9 @@ centre, no anti-aliasing):
   gradient, like nvdiffrast's rasterizer), then the barycentrics of every covered pixel centre
   are recomputed from the projected vertices **with autograd** and used for perspective-correct
   interpolation. This matches what ``dr.rasterize`` + ``dr.interpolate`` differentiate
-  (attributes and, through the barycentrics, vertex positions); silhouette gradients would need
-  ``dr.antialias`` and are not produced by either path here. Meant for tests and small CPU runs.
+  (attributes and, through the barycentrics, vertex positions); silhouette gradients need
+  ``dr.antialias``, which only the cuda path adds (``antialias=True``). Meant for tests and
+  small CPU runs.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ class MeshRender:
     """Planar z-depth, 0 on background, (N, H, W, 1)."""
     mask: torch.Tensor
     """1 where a face covers the pixel centre, else 0, (N, H, W, 1)."""
+    antialiased_mask: torch.Tensor | None = None
+    """``dr.antialias`` of ``mask`` (cuda path with ``antialias=True``; ``None`` otherwise):
+    fractional coverage along silhouettes, differentiable w.r.t. the vertex positions."""
+    antialiased_attrs: torch.Tensor | None = None
+    """``dr.antialias`` of ``attrs`` (cuda path with ``antialias=True``; ``None`` otherwise)."""
 
 
 def _camera_tensors(
@@ -90,13 +96,17 @@ def _render_cpu(
 
 
 def _render_cuda(
-    vertices: torch.Tensor, faces: torch.Tensor, attrs: torch.Tensor, cameras: Sequence[Camera]
+    vertices: torch.Tensor,
+    faces: torch.Tensor,
+    attrs: torch.Tensor,
+    cameras: Sequence[Camera],
+    antialias: bool,
 ) -> MeshRender:
     import nvdiffrast.torch as dr
 
     ctx = dr.RasterizeCudaContext(device=vertices.device)
     homo = torch.cat([vertices, torch.ones_like(vertices[:, :1])], dim=1)
-    outs_a, outs_d, outs_m = [], [], []
+    outs_a, outs_d, outs_m, outs_am, outs_aa = [], [], [], [], []
     tri = faces.to(torch.int32).contiguous()
     v = vertices.detach().cpu().numpy()
     bounds = np.stack([v.min(axis=0), v.max(axis=0)])
@@ -113,7 +123,18 @@ def _render_cuda(
         outs_a.append(torch.flip(a[0], dims=[0]))
         outs_d.append(torch.flip(d[0] * m[0], dims=[0]))
         outs_m.append(torch.flip(m[0], dims=[0]))
-    return MeshRender(torch.stack(outs_a), torch.stack(outs_d), torch.stack(outs_m))
+        if antialias:  # upstream neural_render.py: antialias the hard mask (and attributes)
+            am = dr.antialias(m.contiguous(), rast, clip, tri)
+            aa = dr.antialias(a.contiguous(), rast, clip, tri)
+            outs_am.append(torch.flip(am[0], dims=[0]))
+            outs_aa.append(torch.flip(aa[0], dims=[0]))
+    return MeshRender(
+        torch.stack(outs_a),
+        torch.stack(outs_d),
+        torch.stack(outs_m),
+        torch.stack(outs_am) if antialias else None,
+        torch.stack(outs_aa) if antialias else None,
+    )
 
 
 def render_mesh(
@@ -122,9 +143,15 @@ def render_mesh(
     attrs: torch.Tensor,
     cameras: Sequence[Camera],
     path: str = "auto",
+    antialias: bool = False,
 ) -> MeshRender:
     """Render a mesh (world / model frame, ``vertices`` (V, 3), ``faces`` (F, 3) int64,
-    ``attrs`` (V, C)) from every camera; differentiable w.r.t. ``vertices`` and ``attrs``."""
+    ``attrs`` (V, C)) from every camera; differentiable w.r.t. ``vertices`` and ``attrs``.
+
+    ``antialias=True`` adds ``dr.antialias`` of the mask and of the attributes on the cuda path
+    (silhouette gradients, as upstream trains the mesh variants); the cpu path has no
+    anti-aliasing and leaves those fields ``None``.
+    """
     if vertices.ndim != 2 or vertices.shape[1] != 3:
         raise ValueError(f"vertices must be (V, 3), got {tuple(vertices.shape)}")
     if attrs.shape[0] != vertices.shape[0]:
@@ -136,7 +163,7 @@ def render_mesh(
     if path == "auto":
         path = "cuda" if vertices.is_cuda else "cpu"
     if path == "cuda":
-        return _render_cuda(vertices, faces, attrs, cameras)
+        return _render_cuda(vertices, faces, attrs, cameras, antialias)
     if path != "cpu":
         raise ValueError(f"path must be 'auto', 'cpu' or 'cuda', got {path!r}")
     outs = [_render_cpu(vertices, faces, attrs, cam) for cam in cameras]
