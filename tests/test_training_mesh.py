@@ -374,7 +374,7 @@ def _fit_sdf_to_the_sphere(model: InstantMesh, batch: PreparedBatch) -> None:
         loss = ((head(features)[0, :, 0] - target) ** 2).mean()
         loss.backward()
         optimiser.step()
-    assert float(loss) < 0.015, float(loss)  # measured 0.0045-0.0092 (seeds 0-5)
+    assert float(loss.detach()) < 0.015  # measured 0.0045-0.0092 (seeds 0-5)
 
 
 def test_mesh_step_terms_sum_and_gradients(one_thread: None) -> None:
