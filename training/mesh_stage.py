@@ -94,7 +94,6 @@ SDF_FROM_DENSITY_OFFSET = 10.0
 (t - b)" with t = 10.0)."""
 
 _DECODER_NERF = "synthesizer.decoder.net."
-_DECODER_HEADS_FROM_NERF = ("net_sdf", "net_rgb")
 _DECODER_HEADS_AT_INIT = ("net_deformation", "net_weight")
 _UPSTREAM_PREFIX = "lrm_generator."
 
