@@ -17,9 +17,10 @@ objects (``--input-views`` + ``--target-views`` views each, supervised at ``--re
   step, same seeds and threads, over batches read from the same dataset into memory before the
   clock starts (no loader).
 
-The first ``--warmup`` steps of each side are left out of the rates; a rate is the mean samples
-(images) per step over the median step time, which resists other load on a shared machine.
-Printed per variant: samples/s and images/s of both sides, the loader's share of step time
+The first ``--warmup`` steps of each side are left out of the rates. Printed per variant:
+samples/s and images/s of both sides (over the summed step times; also from the median step,
+which resists other load on a shared machine but leaves out the loader's occasional waits,
+e.g. at each epoch start), the loader's share of step time
 (``data_time_s / step_time_s``), the ratio loader-fed / preloaded samples/s, and the fixed
 overhead of the Ray Train run: its wall time (Ray start to report written) minus the sum of its
 steps' times, split into the start (Ray, workers, model, dataset, first batch) and the rest
@@ -65,12 +66,18 @@ class Rates:
 
     @property
     def samples_per_s(self) -> float:
-        """Mean samples per step / median step time (the median resists other load)."""
-        return statistics.mean(self.samples) / self.median_s
+        """Samples over the summed time of the timed steps (loader waits included)."""
+        return sum(self.samples) / sum(self.seconds)
 
     @property
     def images_per_s(self) -> float:
-        return statistics.mean(self.images) / self.median_s
+        return sum(self.images) / sum(self.seconds)
+
+    @property
+    def median_samples_per_s(self) -> float:
+        """Mean samples per step / median step time: the typical step, which resists other
+        load on a shared machine but also leaves out the loader's occasional long waits."""
+        return statistics.mean(self.samples) / self.median_s
 
     @property
     def loader_share(self) -> float:
@@ -320,30 +327,29 @@ def main() -> None:
         f"{args.lpips_net}; {args.steps} steps, first {args.warmup} not timed"
     )
     print(
-        f"{'variant':10s} {'side':12s} {'steps':>5s} {'median s':>9s} {'samples/s':>10s} "
-        f"{'images/s':>9s} {'loader share':>12s}"
+        f"{'variant':10s} {'side':12s} {'steps':>5s} {'mean s':>7s} {'median s':>8s} "
+        f"{'samples/s':>9s} {'images/s':>8s} {'median samples/s':>16s} {'loader share':>12s}"
     )
     for variant, _, base, run in results:
-        ours = run.rates
-        share = ours.loader_share
-        print(
-            f"{variant:10s} {'imesh train':12s} {ours.steps:5d} {ours.median_s:9.3f} "
-            f"{ours.samples_per_s:10.2f} "
-            f"{ours.images_per_s:9.1f} {share:12.1%}"
-        )
-        print(
-            f"{variant:10s} {'preloaded':12s} {base.steps:5d} {base.median_s:9.3f} "
-            f"{base.samples_per_s:10.2f} "
-            f"{base.images_per_s:9.1f} {'-':>12s}"
-        )
+        for side, r in (("imesh train", run.rates), ("preloaded", base)):
+            share = f"{r.loader_share:.1%}" if r.data_seconds is not None else "-"
+            print(
+                f"{variant:10s} {side:12s} {r.steps:5d} {statistics.mean(r.seconds):7.3f} "
+                f"{r.median_s:8.3f} {r.samples_per_s:9.2f} {r.images_per_s:8.1f} "
+                f"{r.median_samples_per_s:16.2f} {share:>12s}"
+            )
     for variant, init, base, run in results:
         ratio = run.rates.samples_per_s / base.samples_per_s
+        median_ratio = run.rates.median_samples_per_s / base.median_samples_per_s
         start = (
             ""
             if init is None
-            else f", initialised from {'tiny-nerf' if init != 'random' else 'random weights'}"
+            else f"; initialised from {'tiny-nerf' if init != 'random' else 'random weights'}"
         )
-        print(f"{variant}: ratio loader-fed/preloaded samples/s {ratio:.2f}x{start}")
+        print(
+            f"{variant}: ratio loader-fed/preloaded samples/s {ratio:.2f}x "
+            f"(median step {median_ratio:.2f}x){start}"
+        )
         rest = run.overhead_s - run.check_s - run.ray_start_s - run.to_first_step_s
         print(
             f"{variant}: Ray Train fixed overhead {run.overhead_s:.1f} s = wall {run.wall_s:.1f} s "
