@@ -19,8 +19,9 @@ and cosine schedule, the rank's share of the dataset (``Instantmesh32Dataset(ran
 world_size=..., shuffle=True, seed=...)``, epochs by ``set_epoch``) through a DataLoader, and per
 step the stage's ``prepare`` (CPU generator seeded from (seed, step, rank)) and ``step``
 (device generator, same seed), backward, clip, optimiser step. Rank 0 logs a metrics row per
-step (loss terms, lr, samples/s, images/s, data vs step time, the batch's uids), sends progress
-lines to the driver and writes the checkpoints. Mixed precision: bf16 autocast on CUDA
+step (loss terms averaged over ranks, lr, samples/s, images/s, data vs step time, the uids of
+every rank's batch), sends progress lines to the driver and writes the checkpoints. An epoch
+ends on every rank when one rank's share runs out (DDP ranks stay in step). Mixed precision: bf16 autocast on CUDA
 (``--mixed-precision auto``), off on CPU.
 
 Resume: a rerun on the same ``--out`` with the same output-relevant options (those not marked
@@ -599,7 +600,7 @@ def run_training(
 
     def checkpoint() -> None:
         nonlocal ckpt_url
-        gathered = _gather_consumed(consumed, world_size)
+        gathered = _gather_lists(consumed, world_size)
         if rank == 0:
             state = {
                 "step": step,
@@ -661,9 +662,10 @@ def run_training(
             consumed.extend(uids)
             step_s = time.perf_counter() - t0
             terms = _mean_terms(out.terms, world_size, device)
+            every_uid = [u for part in _gather_lists(uids, world_size) for u in part]
             last = terms
             if metrics is not None:
-                samples = len(uids) * world_size
+                samples = len(every_uid)
                 metrics.append(
                     {
                         "step": step,
@@ -674,7 +676,7 @@ def run_training(
                         "images_per_s": out.images * world_size / step_s,
                         "data_time_s": data_s,
                         "step_time_s": step_s,
-                        "uids": uids,
+                        "uids": every_uid,
                     }
                 )
                 if step % cfg.log_every == 0 or step == cfg.steps:
@@ -708,14 +710,14 @@ def run_training(
     )
 
 
-def _gather_consumed(consumed: list[str], world: int) -> list[list[str]]:
-    """Every rank's consumed uids of the current epoch, by rank (rank 0's view)."""
+def _gather_lists(values: list[str], world: int) -> list[list[str]]:
+    """Every rank's ``values`` (e.g. the uids consumed this epoch), by rank."""
     if world == 1:
-        return [list(consumed)]
+        return [list(values)]
     import torch.distributed as dist
 
     out: list[Any] = [None] * world
-    dist.all_gather_object(out, list(consumed))
+    dist.all_gather_object(out, list(values))
     return [list(x) for x in out]
 
 
