@@ -24,6 +24,7 @@ run; local paths, ``file://`` and fsspec URLs work alike.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import tempfile
 from collections.abc import Mapping
@@ -205,8 +206,17 @@ def save_training_checkpoint(
         "state": dict(state),
     }
     final = checkpoint_url(out_url, step)
-    storage.clean_staging(storage.join(out_url, CHECKPOINTS_DIR))  # a killed save's leftovers
-    with tempfile.TemporaryDirectory(prefix="imesh-ckpt-") as scratch:
+    root = storage.join(out_url, CHECKPOINTS_DIR)
+    storage.clean_staging(root)  # a killed save's leftovers
+    # Local outputs are written in their staging folder (the publish is then a rename on the
+    # same filesystem, and a large checkpoint needs no room in the temp dir); remote ones in
+    # the temp dir, then uploaded.
+    fs, root_path = filesystem(root)
+    scratch_parent = None
+    if is_local_fs(fs):
+        scratch_parent = f"{root_path}/{storage.STAGING_DIR}"
+        os.makedirs(scratch_parent, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="imesh-ckpt-", dir=scratch_parent) as scratch:
         local = Path(scratch) / "checkpoint"
         local.mkdir()
         torch.save(
@@ -229,10 +239,10 @@ def _prune(out_url: str, newest: int, keep: int) -> None:
     dirs = _step_dirs(out_url)
     complete = [(s, u) for s, u in dirs if _is_complete(u)]
     retained = {u for _, u in complete[-keep:]} | {checkpoint_url(out_url, newest)}
+    complete_urls = {u for _, u in complete}
     for step, url in dirs:
-        complete_here = any(u == url for _, u in complete)
-        if url in retained or (not complete_here and step >= newest):
-            continue
+        if url in retained or (url not in complete_urls and step >= newest):
+            continue  # kept, or possibly a newer save under way
         storage.remove(url)
 
 
