@@ -727,11 +727,22 @@ def _gather_lists(values: list[str], world: int) -> list[list[str]]:
 
 
 def _use_gpu(cfg: TrainConfig) -> bool:
-    if cfg.use_gpu is not None:
-        return cfg.use_gpu
+    """``--use-gpu``, or (auto) whether the Ray cluster has GPUs; a cluster too small for the
+    workers is a ConfigError (Ray Train would wait for the resources forever)."""
     import ray
 
-    return float(ray.cluster_resources().get("GPU", 0)) >= 1
+    have = ray.cluster_resources()
+    use = cfg.use_gpu if cfg.use_gpu is not None else float(have.get("GPU", 0)) >= 1
+    need = {"CPU": cfg.num_workers * cfg.cpus_per_worker, "GPU": cfg.num_workers if use else 0}
+    short = [f"{need[k]:g} {k}" for k in need if need[k] > float(have.get(k, 0))]
+    if short:
+        raise ConfigError(
+            f"--num-workers {cfg.num_workers} x --cpus-per-worker {cfg.cpus_per_worker}"
+            + (" with --use-gpu" if use else "")
+            + f" needs {' and '.join(short)}; the Ray cluster has "
+            + ", ".join(f"{float(have.get(k, 0)):g} {k}" for k in need)
+        )
+    return use
 
 
 def run_train(
@@ -749,6 +760,7 @@ def run_train(
     t_start = time.time()
     if plan is None:
         cfg, plan = check_train_config(cfg)
+    use_gpu = _use_gpu(cfg)  # before anything is written
     storage.makedirs(cfg.out)
     write_resolved_config(cfg, storage.join(cfg.out, CONFIG_NAME))
     if plan.resume_from is not None:
@@ -756,7 +768,6 @@ def run_train(
     if plan.resume_step >= cfg.steps:
         echo(f"{cfg.out} already holds step {plan.resume_step} of {cfg.steps}: nothing to train")
         return _finish(cfg, plan, t_start, plan.resume_step, plan.resume_step, None, None, echo)
-    use_gpu = _use_gpu(cfg)
     progress: Queue = Queue()
     payload = {
         "config": to_dict(cfg),

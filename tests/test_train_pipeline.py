@@ -334,3 +334,33 @@ def test_rerun_with_other_settings_is_refused(
     assert rc == 2 and "seed (0 -> 7)" in err and len(err.splitlines()) == 1
     _, plan = check_train_config(_cfg(renders, out, steps=5, lr=1e-3))
     assert plan.resume_step == 3 and plan.resume_from is not None  # more steps: continues
+
+
+def test_stage_and_variant_choices_are_the_registry_keys(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import typing
+
+    from instantmesh import VARIANTS
+
+    hints = typing.get_type_hints(TrainConfig)
+    assert set(typing.get_args(hints["stage"])) == set(STAGES) == {"nerf", "mesh"}
+    assert set(typing.get_args(hints["variant"])) == set(VARIANTS)
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    for option in ("--stage {nerf,mesh}", "--init-from", "--lpips-net", "--num-workers"):
+        assert option in out
+
+
+def test_workers_the_cluster_cannot_hold_are_refused(renders: Path, tmp_path: Path) -> None:
+    """Ray Train would wait for the resources forever: refused, nothing written."""
+    import ray
+
+    from pipelines.configs import ConfigError
+
+    if not ray.cluster_resources().get("GPU"):
+        with pytest.raises(ConfigError, match=r"needs 1 GPU; the Ray cluster has .* 0 GPU"):
+            run_train(_cfg(renders, tmp_path / "gpu", steps=1, use_gpu=True))
+    with pytest.raises(ConfigError, match="needs 64 CPU"):
+        run_train(_cfg(renders, tmp_path / "cpu", steps=1, num_workers=64))
+    assert not (tmp_path / "gpu").exists() and not (tmp_path / "cpu").exists()
