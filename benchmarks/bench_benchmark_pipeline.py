@@ -2,7 +2,7 @@
 split into a fixed part per job and a part per object.
 
 Both sides do the same work on the same objects of a GSO-shaped evaluation set built from
-procedural fixtures, with the same resources (one process or actor per stage, one torch thread):
+procedural fixtures, with the same resources (one process or actor, one torch thread):
 
 - **loop**: one process calls the two stages' own setup and per-item functions
   (``predict_stage(...).setup`` / ``.process``: the visual-hull predictor, the prediction
@@ -12,10 +12,14 @@ procedural fixtures, with the same resources (one process or actor per stage, on
   pipeline's actors do: a process's first objects run slower (lazy imports, allocator and
   cache warm-up; about 0.1 s per object over the first several here), which a loop in the
   warmed-up benchmark process would not pay (``--warm-loop`` measures that way);
-- **pipeline**: ``run_benchmark`` inside ``ray_session(num_cpus=2)`` with one worker per stage:
-  per stage a Ray Data actor pool (actor start with its imports and setup), the shards, per
-  object the resume checks (input fingerprints, markers), validation and atomic publishing,
-  status parts, then the compiled tables and the run records.
+- **pipeline**: ``run_benchmark`` inside ``ray_session(num_cpus=2)`` with one worker: predict
+  and evaluate run as one job (``pipelines.runner.run_stages``), so one Ray Data actor pool
+  (actor start with its imports and both stages' setup) takes each object through predict then
+  evaluate; per object the resume checks (input fingerprints, markers), validation and atomic
+  publishing of both stages, status parts, then the compiled tables and the run records.
+  ``--separate`` also times the two stages one after the other (``run_predict`` then
+  ``run_evaluate``: two actor pools, the way ``imesh benchmark`` ran before), alternating with
+  the other runs, so both ways are measured under the same machine load.
 
 Each side runs on N and on 2N objects (the 2N-object set's first N objects make the N-object
 set), so a linear fit separates the cost per object from the fixed cost per job::
@@ -31,7 +35,7 @@ Ray's start-up is measured separately and excluded (paid once per job / cluster)
 and the fastest of each counts (the machine may be shared). ``--scaling`` also times 2 workers.
 
     python benchmarks/bench_benchmark_pipeline.py [--objects 4] [--size 160] [--resolution 48]
-        [--repeats 1] [--shard-size 1] [--scaling] [--profile FILE]
+        [--repeats 1] [--shard-size 1] [--scaling] [--separate] [--profile FILE]
 
 ``--generated-views`` also times the paper's single-image path per object, split into
 diffusion (input.png -> Zero123++ -> six views), LRM (six views -> mesh) and metrics (render +
@@ -172,6 +176,30 @@ def run_pipeline(cfg: Any) -> tuple[float, list[float]]:
     return wall, list(per_uid.values())
 
 
+def run_separate(cfg: Any) -> tuple[float, list[float]]:
+    """``run_predict`` then ``run_evaluate`` (two stages, two actor pools) per evaluation set:
+    wall seconds and per-object seconds (from the stages' status tables)."""
+    import collections
+
+    from pipelines.benchmark import EvaluateConfig, PredictConfig, run_evaluate, run_predict
+    from pipelines.benchmark import subset_config as subset
+    from pipelines.schema import read_parquet
+
+    t0 = time.perf_counter()
+    reports = []
+    for evalset in cfg.evalsets:
+        reports.append(run_predict(subset(PredictConfig, cfg, evalset=evalset)))
+        reports.append(run_evaluate(subset(EvaluateConfig, cfg, evalset=evalset))[0])
+    wall = time.perf_counter() - t0
+    per_uid: dict[str, float] = collections.defaultdict(float)
+    for report in reports:
+        if report.ok != report.total:
+            raise RuntimeError(f"{report.stage}: {report.ok}/{report.total} ok: {report.errors}")
+        for row in read_parquet(report.status_uri).to_pylist():
+            per_uid[row["uid"]] += float(row["seconds"])
+    return wall, list(per_uid.values())
+
+
 def fit(walls: dict[int, float], n: int) -> tuple[float, float]:
     """(seconds per object, fixed seconds) from the walls at n and 2n objects."""
     per_object = (walls[2 * n] - walls[n]) / n
@@ -192,6 +220,11 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--scaling", action="store_true", help="also time 2 workers on 2N objects")
+    ap.add_argument(
+        "--separate",
+        action="store_true",
+        help="also time predict then evaluate as two stages (two actor pools), as before",
+    )
     ap.add_argument(
         "--warm-loop",
         action="store_true",
@@ -240,6 +273,7 @@ def main() -> None:
         address = cluster.address
     loops: dict[int, list[tuple[float, list[float]]]] = {n: [], 2 * n: []}
     pipes: dict[int, list[tuple[float, list[float]]]] = {n: [], 2 * n: []}
+    seps: dict[int, list[tuple[float, list[float]]]] = {n: [], 2 * n: []}
     scaling: list[float] = []
     try:
         t = time.perf_counter()
@@ -260,6 +294,9 @@ def main() -> None:
                     pipes[k].append(
                         run_pipeline(benchmark_config(args, evalsets[k], tmp / f"pipe-{k}-{r}", 1))
                     )
+                    if args.separate:
+                        cfg = benchmark_config(args, evalsets[k], tmp / f"sep-{k}-{r}", 1)
+                        seps[k].append(run_separate(cfg))
             if args.scaling:
                 cfg = benchmark_config(args, evalsets[2 * n], tmp / "pipe-2-workers", 2)
                 scaling.append(run_pipeline(cfg)[0])
@@ -297,7 +334,7 @@ def main() -> None:
     )
     print(
         f"objects: {n} and {2 * n}, views {args.size}px (21 orbit), visual-hull "
-        f"{args.resolution}^3, 16K points, LPIPS {args.lpips}; 1 worker per stage, shard size "
+        f"{args.resolution}^3, 16K points, LPIPS {args.lpips}; 1 worker, shard size "
         f"{args.shard_size}, 1 torch thread; loop in "
         f"{'this warmed-up process' if args.warm_loop else 'a fresh process per run'}; "
         f"best of {args.repeats}; Ray start-up {startup_s:.2f} s (excluded), worker niceness "
@@ -317,9 +354,18 @@ def main() -> None:
         f"outside it {per_object - in_worker:+.3f} s/object"
     )
     print(
-        f"fixed overhead per job: {pipe_fixed - loop_fixed:+.2f} s (two stages: actor pools "
-        "with imports and setup, scheduling, compiled tables, run records)"
+        f"fixed overhead per job: {pipe_fixed - loop_fixed:+.2f} s (actor pool with imports and "
+        "both stages' setup, scheduling, compiled tables, run records)"
     )
+    if args.separate:
+        sep = {k: min(v, key=lambda x: x[0]) for k, v in seps.items()}
+        sep_per, sep_fixed = fit({k: w for k, (w, _) in sep.items()}, n)
+        print(
+            f"two stages (predict, then evaluate): {sep[n][0]:7.2f} s ({n} objects), "
+            f"{sep[2 * n][0]:7.2f} s ({2 * n} objects) = {sep_per:.3f} s/object + fixed "
+            f"{sep_fixed:.2f} s: per-object overhead {sep_per - loop_per:+.3f} s/object = "
+            f"{100 * (sep_per - loop_per) / loop_per:+.1f} %, fixed {sep_fixed - loop_fixed:+.2f} s"
+        )
     for k in (n, 2 * n):
         ratio = pipe[k][0] / loop[k][0]
         print(f"overall at {k} objects: ratio {ratio:.3f}x ({100 * (ratio - 1):+.1f} %)")

@@ -20,6 +20,11 @@ unless ``--force-render-settings`` is given, and the deviation is then recorded 
 Then the run records are compiled (``evaluation.run_records``): one row per view, per object,
 and one status row per object (failures from either stage included, with their cause).
 
+``benchmark`` runs the two stages as one job per evaluation set (``pipelines.runner.run_stages``):
+each worker builds its predictor and render backend once and predicts then evaluates each object
+in turn, with the outputs, status rows, resume rules and run records of ``predict`` followed by
+``evaluate``.
+
 Both stages stream one object at a time (never all meshes in memory), write status rows and
 resume: re-running the same command skips finished objects. An evaluation is also tied to the
 prediction and GT it scored (``evaluation_inputs``): re-predicting an object, e.g. with another
@@ -65,7 +70,7 @@ from evaluation.run_records import (
 from pipelines import storage
 from pipelines.configs import NO_HASH, ConfigError, registry_choices
 from pipelines.render import BackendName, backend_help
-from pipelines.runner import RunOptions, StageReport, run_stage
+from pipelines.runner import RunOptions, StageReport, run_stage, run_stages
 from pipelines.schema import read_manifest, read_parquet
 from pipelines.stage import ItemContext, Stage
 from rendering.mesh_io import load_world_mesh, world_mesh_glb_bytes
@@ -453,14 +458,20 @@ def prediction_inputs(row: dict[str, Any], cfg: PredictConfig) -> str:
         return fingerprint(error=f"{type(e).__name__}: {e}")
 
 
+def prepare_predict(cfg: PredictConfig) -> Stage:
+    """The predict stage of ``cfg.evalset``, after the checks that fail before any object is
+    read: the options (:func:`check_predict_config`), and a predictor built once in the driver
+    (fail fast, e.g. on unloadable weights)."""
+    dataset = check_predict_config(cfg, cfg.evalset)
+    _setup_check = _predictor_setup(cfg)
+    _setup_check.close()
+    return predict_stage(cfg, dataset)
+
+
 def run_predict(cfg: PredictConfig) -> StageReport:
     """Predict every evaluation-set object (Ray must be initialised)."""
-    dataset = check_predict_config(cfg, cfg.evalset)  # bad options fail before anything is read
-    _setup_check = _predictor_setup(cfg)  # fail fast in the driver (e.g. unloadable weights)
-    _setup_check.close()
-    return run_stage(
-        predict_stage(cfg, dataset), cfg, evalset_manifest(cfg.evalset), cfg.out, cfg.run
-    )
+    stage = prepare_predict(cfg)
+    return run_stage(stage, cfg, evalset_manifest(cfg.evalset), cfg.out, cfg.run)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -782,12 +793,24 @@ def _recorded(metric: str, value: float | None, info: RunInfo) -> float | None:
     return value
 
 
-def run_evaluate(cfg: EvaluateConfig) -> tuple[StageReport, RunRecords]:
-    """Evaluate every prediction of the run on this evaluation set and write the run records."""
+@dataclass(frozen=True)
+class PreparedEvaluation:
+    """An evaluate stage ready to run: its config with the render settings and the metrics
+    device resolved, and the record of the render settings (``run.json``)."""
+
+    stage: Stage
+    config: EvaluateConfig
+    dataset: str
+    render_settings: dict[str, Any]
+
+
+def prepare_evaluate(cfg: EvaluateConfig) -> PreparedEvaluation:
+    """The evaluate stage of ``cfg.evalset``: render settings resolved from the evaluation set
+    (a forced mismatch is printed as a note), the resolved backend checked to run here, the
+    metrics device resolved for the Ray cluster (Ray must be initialised)."""
     import ray
 
     dataset = evalset_dataset(cfg.evalset)
-    _predict_info(cfg.out, dataset)
     cfg, render_settings = resolve_render_settings(cfg, cfg.evalset)
     check_evaluate_config(cfg, cfg.evalset)  # the resolved backend can run here
     if render_settings["forced"]:
@@ -803,10 +826,15 @@ def run_evaluate(cfg: EvaluateConfig) -> tuple[StageReport, RunRecords]:
     device = resolve_metrics_device(cfg, float(ray.cluster_resources().get("GPU", 0.0)))
     cfg = replace(cfg, device=device)  # actors get the resolved device and render settings
     gpus = cfg.metrics_gpus_per_worker if device == "cuda" else 0.0
-    report = run_stage(
-        evaluate_stage(dataset, gpus), cfg, evalset_manifest(cfg.evalset), cfg.out, cfg.run
-    )
-    return report, compile_run_records(cfg, dataset, report, render_settings)
+    return PreparedEvaluation(evaluate_stage(dataset, gpus), cfg, dataset, render_settings)
+
+
+def run_evaluate(cfg: EvaluateConfig) -> tuple[StageReport, RunRecords]:
+    """Evaluate every prediction of the run on this evaluation set and write the run records."""
+    _predict_info(cfg.out, evalset_dataset(cfg.evalset))  # predictions exist
+    ev = prepare_evaluate(cfg)
+    report = run_stage(ev.stage, ev.config, evalset_manifest(cfg.evalset), cfg.out, cfg.run)
+    return report, compile_run_records(ev.config, ev.dataset, report, ev.render_settings)
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:
@@ -814,15 +842,25 @@ def _plain(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_benchmark(cfg: BenchmarkConfig) -> tuple[list[StageReport], RunRecords]:
-    """Predict and evaluate every evaluation set into one run (Ray must be initialised)."""
+    """Predict and evaluate every evaluation set into one run (Ray must be initialised).
+
+    Per evaluation set, predict and evaluate run as one job (``pipelines.runner.run_stages``):
+    each object is predicted and then evaluated in the same worker, which builds its predictor
+    and render backend once; the outputs, status rows, resume rules and run records are those
+    of ``imesh predict`` followed by ``imesh evaluate``. Returns each set's predict and
+    evaluate reports, in order, and the run records."""
     if not cfg.evalsets:
         raise ConfigError("--evalsets needs at least one evaluation set directory")
     reports: list[StageReport] = []
     records: RunRecords | None = None
     for evalset in cfg.evalsets:
-        reports.append(run_predict(subset_config(PredictConfig, cfg, evalset=evalset)))
-        report, records = run_evaluate(subset_config(EvaluateConfig, cfg, evalset=evalset))
-        reports.append(report)
+        predict_cfg = subset_config(PredictConfig, cfg, evalset=evalset)
+        predict = prepare_predict(predict_cfg)
+        ev = prepare_evaluate(subset_config(EvaluateConfig, cfg, evalset=evalset))
+        steps = [(predict, predict_cfg), (ev.stage, ev.config)]
+        stage_reports = run_stages(steps, evalset_manifest(evalset), cfg.out, cfg.run)
+        reports += stage_reports
+        records = compile_run_records(ev.config, ev.dataset, stage_reports[-1], ev.render_settings)
     assert records is not None
     if cfg.report:
         from pipelines.report import ReportConfig, run_report

@@ -26,6 +26,14 @@ items count as *resumed* in the report, like the items skipped by the driver. Ki
 at any point therefore loses nothing and, since the compiled tables keep one row per uid,
 duplicates nothing. A run that ends removes what it no longer needs: scratch folders, the empty
 ``.staging/`` folder next to the published items and its ``.lock``.
+
+Stages that follow each other per object (predict, then evaluate what was predicted) can run as
+one job (:func:`run_stages`): each worker sets up every stage once and takes each object
+through all of them before the next one, so no object waits for a second actor pool (process
+start, imports, setup, cache warm-up) and a later stage reads a file just written by the same
+process. Each stage keeps its own layout, part files, status and result tables, and resume
+rules; a later stage that the driver found done for an object is re-checked in the worker after
+the earlier stages ran (an earlier stage that redid the object changed its inputs).
 """
 
 from __future__ import annotations
@@ -147,8 +155,9 @@ def item_hash(stage: Stage, chash: str, row: dict[str, Any], config: Any) -> str
     return hashlib.sha256(f"{chash}\0{fingerprint}".encode()).hexdigest()[:16]
 
 
-class ShardWorker:
-    """Processes shards of manifest rows for one stage; one instance per Ray actor."""
+class StageWorker:
+    """Processes the items of one stage in a Ray actor: each item's status (+ result) row,
+    resume checks, per-item timeout, validation and atomic publishing."""
 
     def __init__(
         self,
@@ -172,66 +181,25 @@ class ShardWorker:
         """Items whose thread outlived the item timeout (still running or blocked)."""
         self.reused = 0
         """Items found already published with the current item hash (not recomputed)."""
-        self.inbox: Any = None
-        """Ray actor handle receiving ``(uid, status)`` per finished item (driver progress)."""
 
     def __del__(self) -> None:
         close = getattr(self.state, "close", None)
         if callable(close):
             close()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        shard_ids, n_ok, n_failed, n_skipped, parts, faults = [], [], [], [], [], []
-        n_reused, items = [], []
-        for shard_id, payload in zip(batch["shard"], batch["payload"], strict=True):
-            reused_before = self.reused
-            try:
-                rows = [self._item_row(item, attempt) for item, attempt in pickle.loads(payload)]
-                part = storage.join(
-                    stage_dir(self.out, self.stage),
-                    "parts",
-                    f"part-{self.run_id}-{shard_id:06d}.parquet",
-                )
-                write_parquet(pa.Table.from_pylist(rows, schema=self.schema), part)
-            except Exception as e:
-                # A full / read-only disk: returned as data, since Ray's exception wrapping
-                # loses the cause across processes; the driver stops the job naming it.
-                fault = storage.storage_fault(e)
-                if fault is None:
-                    raise
-                rows, part = [], ""
-                faults.append(str(fault))
-            else:
-                faults.append("")
-            statuses = collections.Counter(r["status"] for r in rows)
-            shard_ids.append(int(shard_id))
-            n_ok.append(statuses["ok"])
-            n_failed.append(statuses["failed"])
-            n_skipped.append(statuses["skipped"])
-            parts.append(part)
-            n_reused.append(self.reused - reused_before if rows else 0)
-            items.append(pickle.dumps([(r["uid"], r["status"]) for r in rows]))
-        return {
-            "shard": np.array(shard_ids, dtype=np.int64),
-            "ok": np.array(n_ok, dtype=np.int64),
-            "failed": np.array(n_failed, dtype=np.int64),
-            "skipped": np.array(n_skipped, dtype=np.int64),
-            "reused": np.array(n_reused, dtype=np.int64),
-            "items": np.array(items, dtype=object),
-            "part": np.array(parts, dtype=object),
-            "fault": np.array(faults, dtype=object),
-        }
+    def write_part(self, shard_id: int, rows: list[dict[str, Any]]) -> str:
+        """Write one shard's rows of this stage as a part file (atomically); returns its URL."""
+        part = storage.join(
+            stage_dir(self.out, self.stage), "parts", f"part-{self.run_id}-{shard_id:06d}.parquet"
+        )
+        write_parquet(pa.Table.from_pylist(rows, schema=self.schema), part)
+        return part
 
-    def _item_row(self, item: dict[str, Any], attempt: int) -> dict[str, Any]:
-        """:meth:`process_item`, then the item's status sent to the driver's progress inbox
-        (fire and forget: the shard's summary confirms it if the message comes late)."""
-        row = self.process_item(item, attempt)
-        if self.inbox is not None:
-            self.inbox.put.remote(row["uid"], row["status"])
-        return row
-
-    def process_item(self, item: dict[str, Any], attempt: int) -> dict[str, Any]:
-        """One item's status (+ result) row, within the per-item timeout.
+    def process_item(
+        self, item: dict[str, Any], attempt: int, done_hash: str | None = None
+    ) -> dict[str, Any] | None:
+        """One item's status (+ result) row, within the per-item timeout; None when its item
+        hash equals ``done_hash`` (the hash of its latest ``ok`` row: done, nothing to write).
 
         A Python thread cannot be killed, so the watchdog is here, in the actor: the item runs
         in its own daemon thread and the actor waits at most ``item_timeout_s``. On timeout the
@@ -242,13 +210,13 @@ class ShardWorker:
         killing that process."""
         t0 = time.perf_counter()
         if not self.item_timeout_s:
-            return self._process_item(item, attempt, t0, threading.Event(), {})
+            return self._process_item(item, attempt, t0, threading.Event(), {}, done_hash)
         cancelled = threading.Event()
         shared: dict[str, Any] = {}
 
         def target() -> None:
             try:
-                shared["row"] = self._process_item(item, attempt, t0, cancelled, shared)
+                shared["row"] = self._process_item(item, attempt, t0, cancelled, shared, done_hash)
             except BaseException as e:  # re-raised in the actor's thread below
                 shared["error"] = e
 
@@ -259,7 +227,7 @@ class ShardWorker:
             return self._timed_out(item, attempt, t0, cancelled, shared)
         if "error" in shared:
             raise shared["error"]
-        row: dict[str, Any] = shared["row"]
+        row: dict[str, Any] | None = shared["row"]
         return row
 
     def _timed_out(
@@ -305,9 +273,12 @@ class ShardWorker:
         t0: float,
         cancelled: threading.Event,
         shared: dict[str, Any],
-    ) -> dict[str, Any]:
+        done_hash: str | None = None,
+    ) -> dict[str, Any] | None:
         uid = str(item.get("uid"))
         ihash = item_hash(self.stage, self.config_hash, item, self.config)
+        if ihash == done_hash:
+            return None
         row: dict[str, Any] = {
             "uid": uid,
             "stage": self.stage.name,
@@ -391,9 +362,104 @@ class ShardWorker:
         return row
 
 
+Step = tuple[Stage, Any]
+"""A stage and its config."""
+ItemPlan = tuple[int, str | None]
+"""Per stage of an item: its attempt number, and the item hash of its latest ``ok`` row when
+the driver found that stage done for it (the worker then skips the stage if the hash still
+holds once the earlier stages ran), else None."""
+
+
+class ShardWorker:
+    """Processes shards of manifest rows through one or more stages (:class:`StageWorker`
+    each, set up once); one instance per Ray actor. Each item goes through every stage in order
+    before the next item starts, so a later stage reads what an earlier one just published, in
+    the same warm process. Each stage writes its own part file per shard."""
+
+    def __init__(
+        self,
+        steps: list[Step],
+        out: str,
+        run_id: str,
+        scratch_dir: str | None,
+        item_timeout_s: float = 0.0,
+    ) -> None:
+        self.workers = [
+            StageWorker(stage, config, out, run_id, scratch_dir, item_timeout_s)
+            for stage, config in steps
+        ]
+        self.inbox: Any = None
+        """Ray actor handle receiving ``(uid, status)`` per finished item (driver progress)."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        shard_ids, items, counts, faults = [], [], [], []
+        for shard_id, payload in zip(batch["shard"], batch["payload"], strict=True):
+            reused_before = [w.reused for w in self.workers]
+            rows: list[list[dict[str, Any]]] = [[] for _ in self.workers]
+            passed = [0] * len(self.workers)
+            finished = []
+            try:
+                for item, plans in pickle.loads(payload):
+                    finished.append((item["uid"], self._run_item(item, plans, rows, passed)))
+                for worker, stage_rows in zip(self.workers, rows, strict=True):
+                    if stage_rows:
+                        worker.write_part(int(shard_id), stage_rows)
+            except Exception as e:
+                # A full / read-only disk: returned as data, since Ray's exception wrapping
+                # loses the cause across processes; the driver stops the job naming it.
+                fault = storage.storage_fault(e)
+                if fault is None:
+                    raise
+                finished, rows = [], [[] for _ in self.workers]
+                faults.append(str(fault))
+            else:
+                faults.append("")
+            shard_ids.append(int(shard_id))
+            items.append(pickle.dumps(finished))
+            reused = [w.reused - n for w, n in zip(self.workers, reused_before, strict=True)]
+            # per stage: (rows computed this run, items resumed: skipped or found published)
+            counts.append(
+                pickle.dumps(
+                    [
+                        (len(r) - n, n + skipped) if finished else (0, 0)
+                        for r, n, skipped in zip(rows, reused, passed, strict=True)
+                    ]
+                )
+            )
+        return {
+            "shard": np.array(shard_ids, dtype=np.int64),
+            "items": np.array(items, dtype=object),
+            "counts": np.array(counts, dtype=object),
+            "fault": np.array(faults, dtype=object),
+        }
+
+    def _run_item(
+        self,
+        item: dict[str, Any],
+        plans: list[ItemPlan],
+        rows: list[list[dict[str, Any]]],
+        passed: list[int],
+    ) -> str:
+        """``item`` through every stage (its rows appended to ``rows``, stages found done
+        counted in ``passed``); returns its status (the worst of its stages': failed, skipped,
+        ok), also sent to the driver's progress inbox (fire and forget: the shard's summary
+        confirms it if the message comes late)."""
+        statuses = set()
+        for k, (worker, (attempt, done_hash)) in enumerate(zip(self.workers, plans, strict=True)):
+            row = worker.process_item(item, attempt, done_hash)
+            if row is None:
+                passed[k] += 1
+                continue
+            rows[k].append(row)
+            statuses.add(row["status"])
+        status = next((s for s in ("failed", "skipped") if s in statuses), "ok")
+        if self.inbox is not None:
+            self.inbox.put.remote(item["uid"], status)
+        return status
+
+
 def _bound_worker(
-    stage: Stage,
-    config: Any,
+    steps: list[Step],
     out: str,
     run_id: str,
     scratch_dir: str | None,
@@ -405,7 +471,7 @@ def _bound_worker(
 
     class BoundShardWorker(ShardWorker):
         def __init__(self) -> None:
-            super().__init__(stage, config, out, run_id, scratch_dir, item_timeout_s)
+            super().__init__(steps, out, run_id, scratch_dir, item_timeout_s)
             self.inbox = inbox
 
     return BoundShardWorker
@@ -466,21 +532,23 @@ def latest_rows(parts: pa.Table, uids: Iterable[str] | None = None) -> pa.Table:
     return parts.take(pa.array(keep, pa.int64()))
 
 
-def _shards(rows: list[tuple[dict[str, Any], int]], size: int) -> Iterator[list[Any]]:
+def _shards(rows: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(rows), size):
         yield rows[i : i + size]
 
 
-def _workers_for(stage: Stage, requested: int) -> int:
+def _workers_for(num_cpus: float, num_gpus: float, requested: int) -> int:
+    """Workers for actors of ``num_cpus`` / ``num_gpus`` each: ``requested``, else as many as
+    the cluster's free resources hold."""
     if requested > 0:
         return requested
     import ray
 
     cpus = float(ray.available_resources().get("CPU", 1.0))
-    if stage.num_gpus > 0:
+    if num_gpus > 0:
         gpus = float(ray.available_resources().get("GPU", 0.0))
-        return max(1, int(gpus // stage.num_gpus))
-    return max(1, int(cpus // max(stage.num_cpus, 1e-6)))
+        return max(1, int(gpus // num_gpus))
+    return max(1, int(cpus // max(num_cpus, 1e-6)))
 
 
 class StageLocked(RuntimeError):
@@ -571,18 +639,42 @@ def run_stage(
     this process once per object the run finishes (not for those skipped as done), as it
     finishes; the progress display (``options.progress``) advances with it.
     """
+    (report,) = run_stages([(stage, config)], manifest, out, options, on_item)
+    return report
 
+
+def run_stages(
+    steps: list[Step],
+    manifest: pa.Table,
+    out: str,
+    options: RunOptions | None = None,
+    on_item: ItemCallback | None = None,
+) -> list[StageReport]:
+    """Run several stages over ``manifest`` as one job: each object goes through every stage
+    in order (``(stage, config)`` pairs) in the same worker before the next object starts,
+    so a later stage reads what an earlier one published for it, and each worker process
+    starts, imports and sets up once for all of them.
+
+    Each stage keeps everything :func:`run_stage` gives it: its config file, lock, part files,
+    status and result tables, published items and resume rules; a stage of an object that
+    the driver finds done is skipped in the worker only if its item hash still holds after the
+    earlier stages ran (an earlier stage that redid the object changes a later one's inputs).
+    Returns one report per stage (their ``seconds`` are the whole job's). ``on_item(uid,
+    status)`` is called once per object, with the worst of its stages' statuses.
+    """
     options = options or RunOptions()
-    sdir = stage_dir(out, stage)
+    sdirs = [stage_dir(out, stage) for stage, _ in steps]
     try:
-        storage.makedirs(storage.join(sdir, "parts"))
-        with stage_lock(sdir):
-            return _run_stage_locked(stage, config, manifest, out, options, sdir, on_item)
+        with contextlib.ExitStack() as locks:
+            for sdir in sdirs:
+                storage.makedirs(storage.join(sdir, "parts"))
+                locks.enter_context(stage_lock(sdir))
+            return _run_stages_locked(steps, manifest, out, options, on_item)
     except storage.StorageFault:
         raise
     except Exception as e:
         # A full / read-only output root is named as such (exit 2), however deep Ray wrapped it.
-        fault = storage.storage_fault(e, sdir)
+        fault = storage.storage_fault(e, sdirs[0])
         if fault is None:
             raise
         raise fault from e
@@ -612,66 +704,91 @@ def _clean_run_leftovers(
             fs.rmdir(path)
 
 
-def _run_stage_locked(
-    stage: Stage,
-    config: Any,
+@dataclasses.dataclass
+class _StagePlan:
+    """What the driver found for one stage before a run."""
+
+    chash: str
+    done: dict[str, str]
+    """uid -> item hash of the objects done (latest row ok with the current item hash)."""
+    tries: collections.Counter[str]
+    """uid -> rows ever written (attempts so far)."""
+
+
+def _plan(
+    stage: Stage, config: Any, out: str, rows_by_uid: dict[str, dict[str, Any]]
+) -> _StagePlan:
+    write_resolved_config(config, storage.join(stage_dir(out, stage), "config.yaml"))
+    chash = config_hash(config)
+    history = read_parts(out, stage)
+    latest = latest_rows(history, list(rows_by_uid))
+    done = {}
+    for u, s, h in zip(
+        latest["uid"].to_pylist(),
+        latest["status"].to_pylist(),
+        latest["config_hash"].to_pylist(),
+        strict=True,
+    ):
+        if s == "ok" and h == item_hash(stage, chash, rows_by_uid[u], config):
+            done[u] = h
+    return _StagePlan(chash, done, collections.Counter(history["uid"].to_pylist()))
+
+
+def _run_stages_locked(
+    steps: list[Step],
     manifest: pa.Table,
     out: str,
     options: RunOptions,
-    sdir: str,
     on_item: ItemCallback | None,
-) -> StageReport:
+) -> list[StageReport]:
     t0 = time.perf_counter()
     manifest = validate_manifest(manifest)
-    write_resolved_config(config, storage.join(sdir, "config.yaml"))
-    chash = config_hash(config)
-    uids = manifest["uid"].to_pylist()
-
-    history = read_parts(out, stage)
-    latest = latest_rows(history, uids)
     rows_by_uid = {row["uid"]: row for row in manifest.to_pylist()}
-    done = {
-        u
-        for u, s, h in zip(
-            latest["uid"].to_pylist(),
-            latest["status"].to_pylist(),
-            latest["config_hash"].to_pylist(),
-            strict=True,
-        )
-        if s == "ok" and h == item_hash(stage, chash, rows_by_uid[u], config)
-    }
-    tries = collections.Counter(history["uid"].to_pylist())
-    todo = [(row, tries[row["uid"]] + 1) for row in manifest.to_pylist() if row["uid"] not in done]
+    plans = [_plan(stage, config, out, rows_by_uid) for stage, config in steps]
+    todo = [
+        (row, [(p.tries[row["uid"]] + 1, p.done.get(row["uid"])) for p in plans])
+        for row in rows_by_uid.values()
+        if any(row["uid"] not in p.done for p in plans)
+    ]
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     shards = list(_shards(todo, max(1, options.shard_size)))
     returned: set[int] = set()
     todo_uids = [row["uid"] for row, _ in todo]
-    feed = _ItemFeed(StageProgress(stage.name, len(todo), enabled=options.progress), on_item)
+    desc = " + ".join(stage.name for stage, _ in steps)
+    feed = _ItemFeed(StageProgress(desc, len(todo), enabled=options.progress), on_item)
     try:
-        reused = _map_shards(stage, config, out, options, run_id, shards, returned, feed)
-        lost = [s for i, s in enumerate(shards) if i not in returned]
-        if lost:
-            _write_lost_rows(stage, chash, out, run_id, lost)
-            for shard in lost:
-                for item, _ in shard:
-                    feed.report(item["uid"], "failed")
+        computed = _map_shards(steps, out, options, run_id, shards, returned, feed)
+        lost = [item for i, s in enumerate(shards) if i not in returned for item in s]
+        for k, ((stage, _), plan) in enumerate(zip(steps, plans, strict=True)):
+            # a stage the driver found done writes no row; the others lost their worker
+            stage_lost = [(row, p[k][0]) for row, p in lost if p[k][1] is None]
+            if stage_lost:
+                _write_lost_rows(stage, plan.chash, out, run_id, stage_lost)
+                computed[k] += len(stage_lost)
+        for row, _ in lost:
+            feed.report(row["uid"], "failed")
     except BaseException as e:
         feed.progress.close()
-        _clean_run_leftovers(stage, out, run_id, todo_uids, options.scratch_dir)
-        fault = storage.storage_fault(e, storage.join(out, stage.item_output or stage.name))
+        for stage, _ in steps:
+            _clean_run_leftovers(stage, out, run_id, todo_uids, options.scratch_dir)
+        fault = storage.storage_fault(e, storage.join(out, steps[0][0].item_output or desc))
         if fault is not None and fault is not e:
             raise fault from e
         raise
     feed.progress.close()
-    _clean_run_leftovers(stage, out, run_id, todo_uids, options.scratch_dir)
-    return compile_stage(
-        stage,
-        manifest,
-        out,
-        skipped_done=len(done) + reused,
-        processed=len(todo) - reused,
-        t0=t0,
-    )
+    for stage, _ in steps:
+        _clean_run_leftovers(stage, out, run_id, todo_uids, options.scratch_dir)
+    return [
+        compile_stage(
+            stage,
+            manifest,
+            out,
+            skipped_done=len(rows_by_uid) - processed,
+            processed=processed,
+            t0=t0,
+        )
+        for (stage, _), processed in zip(steps, computed, strict=True)
+    ]
 
 
 class _ItemFeed:
@@ -716,38 +833,39 @@ def _poll_inbox(inbox: Any, feed: _ItemFeed, stop: threading.Event) -> None:
 
 
 def _map_shards(
-    stage: Stage,
-    config: Any,
+    steps: list[Step],
     out: str,
     options: RunOptions,
     run_id: str,
     shards: list[list[Any]],
     returned: set[int],
     feed: _ItemFeed,
-) -> int:
+) -> list[int]:
     """Run the shards on a Ray Data actor pool; ``returned`` collects the finished shard ids,
-    ``feed`` gets every finished object. Returns how many items the workers found published."""
+    ``feed`` gets every finished object. Returns, per stage, how many items the workers
+    computed (not found done or published)."""
     import ray
     import ray.data
 
+    computed = [0] * len(steps)
     if not shards:
-        return 0
+        return computed
     ds = ray.data.from_items(
         [{"shard": i, "payload": pickle.dumps(s)} for i, s in enumerate(shards)],
         override_num_blocks=len(shards),
     )
-    workers = min(_workers_for(stage, options.workers), len(shards))
+    num_cpus = max(stage.num_cpus for stage, _ in steps)
+    num_gpus = max(stage.num_gpus for stage, _ in steps)
+    workers = min(_workers_for(num_cpus, num_gpus, options.workers), len(shards))
     # Per-object events only matter when a shard holds several objects and someone looks.
     per_object = feed.wanted and any(len(s) > 1 for s in shards)
     inbox: Any = ray.remote(num_cpus=0)(ProgressInbox).remote() if per_object else None
     mapped = ds.map_batches(
-        _bound_worker(
-            stage, config, out, run_id, options.scratch_dir, options.item_timeout_s, inbox
-        ),
+        _bound_worker(steps, out, run_id, options.scratch_dir, options.item_timeout_s, inbox),
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=stage.num_cpus,
-        num_gpus=stage.num_gpus or None,
+        num_cpus=num_cpus,
+        num_gpus=num_gpus or None,
     )
     stop = threading.Event()
     poller = None
@@ -756,13 +874,13 @@ def _map_shards(
             target=_poll_inbox, args=(inbox, feed, stop), name="imesh-progress", daemon=True
         )
         poller.start()
-    reused = 0
     try:
         for summary in mapped.iter_rows():
             if summary["fault"]:
                 raise storage.StorageFault(str(summary["fault"]))
             returned.add(int(summary["shard"]))
-            reused += int(summary["reused"])
+            for k, (n_computed, _) in enumerate(pickle.loads(summary["counts"])):
+                computed[k] += n_computed
             for uid, status in pickle.loads(summary["items"]):
                 feed.report(uid, status)
     finally:
@@ -771,13 +889,13 @@ def _map_shards(
             poller.join()
         if inbox is not None:
             ray.kill(inbox)
-    return reused
+    return computed
 
 
 def _write_lost_rows(
-    stage: Stage, chash: str, out: str, run_id: str, shards: list[list[Any]]
+    stage: Stage, chash: str, out: str, run_id: str, items: list[tuple[dict[str, Any], int]]
 ) -> None:
-    """Shards whose worker died without returning: record their items as failed."""
+    """Items whose worker died without returning their shard: record them as failed."""
     now = dt.datetime.now(dt.UTC)
     rows = [
         {
@@ -793,8 +911,7 @@ def _write_lost_rows(
             "run_id": run_id,
             "finished_at": now,
         }
-        for shard in shards
-        for item, attempt in shard
+        for item, attempt in items
     ]
     url = storage.join(stage_dir(out, stage), "parts", f"part-{run_id}-lost.parquet")
     write_parquet(pa.Table.from_pylist(rows, schema=_result_schema_with_status(stage)), url)

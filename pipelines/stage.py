@@ -56,8 +56,9 @@ FingerprintFn = Callable[[dict[str, Any], Any], str]
 class Stage:
     """A named per-item job step.
 
-    ``process``, ``setup`` and ``validate`` must be importable module-level callables so that
-    Ray can ship them to workers.
+    ``process``, ``setup``, ``validate`` and ``input_fingerprint`` must be importable
+    module-level callables (or picklable objects holding them: a ``functools.partial``, an
+    instance of a module-level class with ``__call__``) so that Ray can ship them to workers.
     """
 
     name: str
