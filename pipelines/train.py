@@ -751,10 +751,9 @@ def run_train(
     echo: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Run (or resume) training on Ray Train; call inside ``ray_session``. ``plan``: from
-    :func:`check_train_config` (run here when not given)."""
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-    from ray.util.queue import Queue
+    :func:`check_train_config` (run here when not given). One trainer per output folder: a
+    second one on the same ``--out`` fails at once (``StageLocked``, naming the holder)."""
+    from pipelines.runner import stage_lock
 
     echo = echo or (lambda line: print(line, flush=True))
     t_start = time.time()
@@ -762,6 +761,21 @@ def run_train(
         cfg, plan = check_train_config(cfg)
     use_gpu = _use_gpu(cfg)  # before anything is written
     storage.makedirs(cfg.out)
+    with stage_lock(cfg.out):
+        return _train_locked(cfg, plan, use_gpu, echo, t_start)
+
+
+def _train_locked(
+    cfg: TrainConfig,
+    plan: TrainPlan,
+    use_gpu: bool,
+    echo: Callable[[str], None],
+    t_start: float,
+) -> TrainResult:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
+
     write_resolved_config(cfg, storage.join(cfg.out, CONFIG_NAME))
     if plan.resume_from is not None:
         echo(f"resuming from {plan.resume_from} (step {plan.resume_step} of {cfg.steps})")
