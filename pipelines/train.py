@@ -29,8 +29,11 @@ Resume: a rerun on the same ``--out`` with the same output-relevant options (tho
 epoch, and the objects of the epoch already consumed, which the dataset then leaves out without
 decoding (``SampleDataset.set_resume_skip``); every random draw depends only on (seed, epoch,
 uid) or (seed, step, rank), so the steps after the checkpoint see the same batches and, on the
-same machine and thread count, give the same losses. Metrics rows after the checkpoint's step are
-dropped. Other options than the recorded ones: exit 2 naming the keys. ``--steps`` may grow.
+same machine and thread count, give the same losses. With ``--loader-workers`` k > 1 each loader
+worker continues its own sequence, but the DataLoader's round-robin over them restarts at worker
+0, so the batch order after a resume is the uninterrupted one only when the epoch's consumed
+batches are a multiple of k. Metrics rows after the checkpoint's step are dropped. Other
+options than the recorded ones: exit 2 naming the keys. ``--steps`` may grow.
 
 Every input is checked before Ray starts (:func:`check_train_config`): the data and its objects,
 the stage/variant pairing, ``--init-from`` (loaded strictly), the LPIPS backbone on disk, the
