@@ -21,8 +21,8 @@ step the stage's ``prepare`` (CPU generator seeded from (seed, step, rank)) and 
 (device generator, same seed), backward, clip, optimiser step. Rank 0 logs a metrics row per
 step (loss terms averaged over ranks, lr, samples/s, images/s, data vs step time, the uids of
 every rank's batch), sends progress lines to the driver and writes the checkpoints. An epoch
-ends on every rank when one rank's share runs out (DDP ranks stay in step). Mixed precision: bf16 autocast on CUDA
-(``--mixed-precision auto``), off on CPU.
+ends on every rank when one rank's share runs out (DDP ranks stay in step). Mixed precision:
+bf16 autocast on CUDA (``--mixed-precision auto``), off on CPU.
 
 Resume: a rerun on the same ``--out`` with the same output-relevant options (those not marked
 ``NO_HASH``) continues from the latest complete checkpoint: model, optimiser, schedule, step,
