@@ -364,3 +364,38 @@ def test_workers_the_cluster_cannot_hold_are_refused(renders: Path, tmp_path: Pa
     with pytest.raises(ConfigError, match="needs 64 CPU"):
         run_train(_cfg(renders, tmp_path / "cpu", steps=1, num_workers=64))
     assert not (tmp_path / "gpu").exists() and not (tmp_path / "cpu").exists()
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA device")
+def test_gpu_path_bf16_both_stages(renders: Path, tmp_path: Path) -> None:
+    """On a GPU: one Ray Train worker with a GPU, bf16 autocast (--mixed-precision auto), stage
+    nerf then stage mesh (nvdiffrast when installed); finite losses, loadable checkpoints."""
+    import math
+
+    from instantmesh import load_checkpoint
+
+    nerf = run_train(_cfg(renders, tmp_path / "nerf", steps=3, lr=1e-3, use_gpu=True))
+    mesh = run_train(
+        _cfg(
+            renders,
+            tmp_path / "mesh",
+            stage="mesh",
+            variant="tiny-mesh",
+            init_from=str(nerf.checkpoint),
+            steps=3,
+            batch_size=3,
+            use_gpu=True,
+        )
+    )
+    for result, variant in ((nerf, "tiny-nerf"), (mesh, "tiny-mesh")):
+        rows = _metrics(Path(result.out))
+        assert [r["step"] for r in rows] == [1, 2, 3]
+        assert all(math.isfinite(r["loss"]) for r in rows)
+        load_checkpoint(result.checkpoint, variant)
