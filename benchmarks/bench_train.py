@@ -348,14 +348,14 @@ def main() -> None:
         )
         print(
             f"{variant}: ratio loader-fed/preloaded samples/s {ratio:.2f}x "
-            f"(median step {median_ratio:.2f}x){start}"
+            f"(median step {median_ratio:.2f}x); Ray Train fixed overhead {run.overhead_s:.1f} s"
+            f"{start}"
         )
         rest = run.overhead_s - run.check_s - run.ray_start_s - run.to_first_step_s
         print(
-            f"{variant}: Ray Train fixed overhead {run.overhead_s:.1f} s = wall {run.wall_s:.1f} s "
-            f"- steps {run.steps_s:.1f} s (checks {run.check_s:.1f} s, Ray start "
-            f"{run.ray_start_s:.1f} s, Ray Train start to first step {run.to_first_step_s:.1f} s, "
-            f"checkpoint + report + shutdown {rest:.1f} s)"
+            f"{variant}: fixed overhead = wall {run.wall_s:.1f} s - steps {run.steps_s:.1f} s: "
+            f"checks {run.check_s:.1f} s, Ray start {run.ray_start_s:.1f} s, Ray Train start to "
+            f"first step {run.to_first_step_s:.1f} s, checkpoint + report + shutdown {rest:.1f} s"
         )
 
 
