@@ -455,6 +455,15 @@ def root_cause(e: BaseException) -> BaseException:
     return e
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so Python's exit-time flush of a closed pipe stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -481,6 +490,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"imesh {name}: interrupted (re-run the same command to resume)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout closed by the reader (e.g. `imesh render --help | head`)
+        _silence_stdout()
+        return 0
     except user_errors() as e:  # evaluated only when an exception arrives
         print(f"imesh {name}: error: {e}", file=sys.stderr)
         return 2

@@ -237,3 +237,26 @@ def test_parent_of_evaluation_sets_is_named_with_its_sets(
     rc = main(["predict", "--evalset", str(tmp_path), "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert rc == 2 and "holds the evaluation sets gso, omni3d" in err
+
+
+def test_help_into_a_closed_pipe_is_not_an_error() -> None:
+    """`imesh render --help | head -1`: the reader closes the pipe before we write."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pipelines.cli import main; sys.exit(main())",
+            "render",
+            "--help",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the help text is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0
+    assert err == ""
