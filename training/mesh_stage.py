@@ -30,10 +30,11 @@ Upstream InstantMesh trains its mesh variants (``configs/instant-mesh-large-trai
    ``loss_reg_weights`` (squared raw weights).
 
 Rendering paths: on a CUDA device :func:`mesh_step` uses nvdiffrast (``render_mesh``'s cuda
-path) with ``dr.antialias`` on the mask and the normals, as upstream: the mask loss then moves
-silhouettes. The CPU path has **no anti-aliasing, hence no silhouette gradient** (the mask is a
-hard coverage test; colour, depth and normals still differentiate through the barycentrics of
-covered pixels); it is for tests and small runs.
+path), elsewhere the CPU path (for tests and small runs); on both the mask and the normals are
+antialiased (``render_mesh(..., antialias=True)``: ``dr.antialias`` on CUDA, the same analytic
+antialiasing in torch on the CPU), as upstream, so the mask loss moves silhouettes; the colour
+(texture head at the covered pixels), its composite and the depth use the hard mask, as
+upstream.
 
 :func:`mesh_state_from_nerf` is upstream's initialisation of stage 2 from a stage-1
 checkpoint (``MVRecon.__init__`` with ``init_ckpt``).
@@ -228,7 +229,7 @@ class MeshRenders:
     """Rendered predictions, (B, V, C, H, W) each, row 0 at the image top."""
 
     images: torch.Tensor  # RGB on white, [0, 1]
-    masks: torch.Tensor  # coverage: anti-aliased on the cuda path, hard on the cpu path
+    masks: torch.Tensor  # coverage, antialiased along silhouettes
     depths: torch.Tensor  # planar depth, 0 on background
     normals: torch.Tensor  # world normals (n + 1) / 2, 0 on background
 
@@ -265,11 +266,11 @@ def _render_object(
         torch.cat([mesh.vertices, normals], dim=1),
         cameras,
         path=path,
-        antialias=path == "cuda",
+        antialias=True,
     )
     hard = out.mask
-    mask = out.antialiased_mask if out.antialiased_mask is not None else hard
-    attrs = out.antialiased_attrs if out.antialiased_attrs is not None else out.attrs
+    mask, attrs = out.antialiased_mask, out.antialiased_attrs
+    assert mask is not None and attrs is not None  # antialias=True fills both
     pixel_normals = F.normalize(attrs[..., 3:6], dim=-1)
     encoded_normals = (pixel_normals + 1.0) / 2.0 * hard
     covered = torch.nonzero(hard.reshape(-1) > 0).squeeze(1)
