@@ -17,20 +17,26 @@ centre):
   silhouette gradients. Meant for tests and small CPU runs.
 
 Analytic antialiasing (Laine et al. 2020, "Modular Primitives for High-Performance
-Differentiable Rendering", section 3.4; nvdiffrast ``antialias``): for every pair of
-horizontally or vertically adjacent pixels that see different triangles (or one sees the
-background), take the triangle in front (the covered pixel's; of two, the nearer) and, of its
-edges that cross the line through the two pixel centres, the one crossing nearest the other
-pixel. If that edge is a silhouette edge (no neighbouring triangle across it, or the
+Differentiable Rendering", the antialiasing primitive; nvdiffrast ``antialias``): for every
+pair of horizontally or vertically adjacent pixels that see different triangles (or one sees
+the background), take the triangle in front (the covered pixel's; of two, the nearer) and, of
+its edges that cross the line through the two pixel centres, the one crossing nearest the
+other pixel. If that edge is a silhouette edge (no neighbouring triangle across it, or the
 neighbour's third vertex projects on the same side of the edge as this triangle's: the surface
 folds away there) and it crosses between the two centres (at distance ``t`` in [0, 1] from the
 owning pixel's centre, up to :data:`AA_CROSSING_TOLERANCE`; edges closer to parallel with the
-segment than 45 degrees are left to the other direction), the pixel on the far side of the
-crossing from ``t = 1/2`` is blended towards the other by ``|1/2 - t|``: the triangle's
-coverage of a pixel measured along the segment. Contributions of a pixel's four pairs add up.
-``t`` is computed with autograd from the edge's projected end points, so the blended values
-carry gradients to those two vertices (none where ``t`` is clamped); every discrete choice
-(pairs, triangle, edge, side) is made without gradient, as in nvdiffrast.
+segment than 45 degrees are left to the other direction), the pixel whose half of the segment
+holds the crossing is blended towards the other pixel's value by ``|1/2 - t|``: the
+triangle's coverage of that pixel measured along the segment. Contributions of a pixel's four
+pairs add up. ``t`` is computed with autograd from the edge's projected end points, so the
+blended values carry gradients to those two vertices (none where ``t`` is clamped); every
+discrete choice (pairs, triangle, edge, side) is made without gradient, as in nvdiffrast.
+As there, only the triangle seen at a pixel centre is examined: where the silhouette is made
+of triangles that cover no pixel centre (thin grazing triangles of a finely tessellated closed
+surface seen at a low resolution) the pair is not blended. Measured on an icosphere of 320
+faces: of the pixel pairs along its silhouette, at 24 px 1 of 72 is blended (70 see an
+interior edge first), at 300 px 427 of 906 (273 see an interior edge first, 206 have their
+edge closer to parallel with the segment and are left to the other direction).
 """
 
 from __future__ import annotations
