@@ -240,3 +240,27 @@ def test_a_translated_square_is_recovered_from_antialiased_masks() -> None:
     found_px = torch.stack([offset[0], -offset[1]]).detach() / pixel
     torch.testing.assert_close(found_px, shift_px, atol=0.05, rtol=0.0)
     assert losses[-1] < 1e-3 * losses[0]
+
+
+@pytest.mark.gpu
+def test_cpu_antialiasing_agrees_with_nvdiffrast() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    pytest.importorskip("nvdiffrast.torch")
+    ico = trimesh.creation.icosphere(subdivisions=0, radius=0.8)
+    v, f = torch.tensor(ico.vertices), torch.tensor(ico.faces)
+    ones = torch.ones((v.shape[0], 1), dtype=torch.float64)
+    cam = camera_from_spherical(20, 15, 3.0, 40, 64)
+    cpu = render_mesh(v, f, ones, [cam], path="cpu", antialias=True)
+    gpu = render_mesh(
+        v.float().cuda(), f.cuda(), ones.float().cuda(), [cam], path="cuda", antialias=True
+    )
+    assert cpu.antialiased_mask is not None and gpu.antialiased_mask is not None
+    hard_cpu, hard_gpu = cpu.mask[0, ..., 0], gpu.mask[0, ..., 0].double().cpu()
+    # compare where both rasterisers cover the same pixel centres in the 3 x 3 neighbourhood
+    differ = (hard_cpu != hard_gpu).double()[None, None]
+    same = torch.nn.functional.max_pool2d(differ, 3, 1, 1)[0, 0] == 0
+    soft_cpu = cpu.antialiased_mask[0, ..., 0]
+    soft_gpu = gpu.antialiased_mask[0, ..., 0].double().cpu()
+    assert int(((soft_cpu > 0) & (soft_cpu < 1) & same).sum()) > 20
+    torch.testing.assert_close(soft_cpu[same], soft_gpu[same], atol=2e-3, rtol=0.0)
