@@ -143,7 +143,7 @@ def preloaded(cfg: Any, plan: Any, steps: int, warmup: int, device: str) -> Rate
 
     from instantmesh.lrm_data import Instantmesh32Dataset
     from instantmesh.model import build_model
-    from pipelines.train import init_model_state, read_init_state, step_seed
+    from pipelines.train import init_model_state, optimizer_step, read_init_state, step_seed
     from training.losses import load_lpips_loss
     from training.stages import STAGES, build_optimizer
 
@@ -176,22 +176,18 @@ def preloaded(cfg: Any, plan: Any, steps: int, warmup: int, device: str) -> Rate
     rates = Rates([], [], [])
     for step, batch in enumerate(batches[:steps]):
         t0 = time.perf_counter()
-        seed = step_seed(cfg.seed, step, 0)
-        torch.manual_seed(seed)
-        prepared = prepare(
+        out = optimizer_step(
+            lambda prepared, lpips, generator: step_fn(model, prepared, lpips, generator),
+            prepare,
             batch,
-            input_size=plan.input_size,
-            render_size=plan.render_size,
-            generator=torch.Generator().manual_seed(seed),
-        ).to(dev)
-        optimizer.zero_grad(set_to_none=True)
-        out = step_fn(model, prepared, lpips, torch.Generator(device=dev).manual_seed(seed))
-        out.loss.backward()
-        if plan.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, plan.grad_clip)
-        optimizer.step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+            seed=step_seed(cfg.seed, step, 0),
+            plan=plan,
+            cfg=cfg,
+            device=dev,
+            optimizer=optimizer,
+            params=params,
+            lpips=lpips,
+        )
         if step >= warmup:
             rates.seconds.append(time.perf_counter() - t0)
             rates.samples.append(len(batch["uid"]))

@@ -49,7 +49,7 @@ import queue as queue_mod
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -490,6 +490,47 @@ def _autocast(cfg: TrainConfig, device: torch.device) -> Any:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def optimizer_step(
+    runner: Callable[..., Any],
+    prepare: Callable[..., Any],
+    batch: Mapping[str, Any],
+    *,
+    seed: int,
+    plan: TrainPlan,
+    cfg: TrainConfig,
+    device: torch.device,
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[torch.nn.Parameter],
+    lpips: Any,
+) -> Any:
+    """One training step on a collated ``batch``: every draw seeded by ``seed`` (the global
+    torch RNG, the CPU generator of ``prepare``, the device generator of the model's own
+    sampling), forward under the configured autocast, backward, gradient clip (the stage's),
+    optimiser step. ``runner(prepared, lpips, generator)`` runs the stage's step (the DDP
+    wrapper in the worker, the plain step function in the benchmark). Returns its
+    ``StepOutput``; the scheduler is the caller's (it may step per epoch)."""
+    import torch
+
+    torch.manual_seed(seed)
+    prepared = prepare(
+        batch,
+        input_size=plan.input_size,
+        render_size=plan.render_size,
+        generator=torch.Generator().manual_seed(seed),
+    ).to(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    optimizer.zero_grad(set_to_none=True)
+    with _autocast(cfg, device):
+        out = runner(prepared, lpips, generator)
+    out.loss.backward()
+    if plan.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(params, plan.grad_clip)
+    optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out
+
+
 def train_worker(payload: dict[str, Any]) -> None:
     """The Ray Train loop of one worker (see the module docstring)."""
     import ray.train
@@ -638,27 +679,21 @@ def run_training(
             if first_step_at is None:
                 first_step_at = time.time()
                 send({"kind": "started", "time": first_step_at, "step": step})
-            seed = step_seed(cfg.seed, step, rank)
-            torch.manual_seed(seed)
-            prepared = prepare(
-                batch,
-                input_size=plan.input_size,
-                render_size=plan.render_size,
-                generator=torch.Generator().manual_seed(seed),
-            ).to(device)
-            generator = torch.Generator(device=device).manual_seed(seed)
-            optimizer.zero_grad(set_to_none=True)
-            with _autocast(cfg, device):
-                out = runner(prepared, lpips, generator)
-            out.loss.backward()
-            if plan.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, plan.grad_clip)
             lr = float(optimizer.param_groups[0]["lr"])
-            optimizer.step()
+            out = optimizer_step(
+                runner,
+                prepare,
+                batch,
+                seed=step_seed(cfg.seed, step, rank),
+                plan=plan,
+                cfg=cfg,
+                device=device,
+                optimizer=optimizer,
+                params=params,
+                lpips=lpips,
+            )
             if stage.scheduler_interval == "step":
                 scheduler.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
             step += 1
             batches_in_epoch += 1
             uids = [str(u) for u in batch["uid"]]
