@@ -151,6 +151,24 @@ def check_trained_variant(
         )
 
 
+def check_state_dict(
+    model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str
+) -> None:
+    """Raise :class:`CheckpointMismatch` unless ``state_dict`` has exactly ``model``'s keys with
+    its shapes (what a strict load needs; the model may live on the meta device)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mis_shaped = [
+        (k, tuple(state_dict[k].shape), tuple(v.shape))
+        for k, v in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or mis_shaped:
+        variant = getattr(getattr(model, "cfg", None), "name", type(model).__name__)
+        raise CheckpointMismatch(source, variant, missing, unexpected, mis_shaped)
+
+
 def load_state_dict_strict(
     model: torch.nn.Module,
     state_dict: Mapping[str, torch.Tensor],
@@ -164,17 +182,8 @@ def load_state_dict_strict(
     model's tensors (no second copy of the weights); ``assign=False`` copies them into the
     existing parameters instead, which keeps an optimizer that holds them valid (resuming).
     """
+    check_state_dict(model, state_dict, source)
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mis_shaped = [
-        (k, tuple(state_dict[k].shape), tuple(v.shape))
-        for k, v in expected.items()
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or mis_shaped:
-        variant = getattr(getattr(model, "cfg", None), "name", type(model).__name__)
-        raise CheckpointMismatch(source, variant, missing, unexpected, mis_shaped)
     device = next(iter(expected.values())).device
     target = torch.device("cpu") if device.type == "meta" else device
     cast = {k: state_dict[k].to(device=target, dtype=v.dtype) for k, v in expected.items()}

@@ -301,7 +301,7 @@ def init_model_state(
     does (``training.mesh_stage.mesh_state_from_nerf``); the heads without a stage-1
     counterpart (deformation, FlexiCubes weights) keep the model's initialisation, as upstream.
     A state with exactly the model's keys (a stage-2 checkpoint) loads as it is."""
-    from instantmesh.checkpoint import CheckpointMismatch, load_state_dict_strict
+    from instantmesh.checkpoint import check_state_dict, load_state_dict_strict
 
     own = model.state_dict()
     if stage.init_from == "nerf" and set(state) != set(own):
@@ -309,19 +309,10 @@ def init_model_state(
 
         converted = mesh_state_from_nerf(state, model)  # type: ignore[arg-type]
         state = {k: converted.get(k, v) for k, v in own.items()}
-    if not check_only:
+    if check_only:
+        check_state_dict(model, state, source)
+    else:
         load_state_dict_strict(model, state, source)
-        return
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mis_shaped = [
-        (k, tuple(state[k].shape), tuple(v.shape))
-        for k, v in own.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or mis_shaped:
-        name = getattr(getattr(model, "cfg", None), "name", type(model).__name__)
-        raise CheckpointMismatch(source, name, missing, unexpected, mis_shaped)
 
 
 def _check_init(cfg: TrainConfig, stage: Stage) -> None:
