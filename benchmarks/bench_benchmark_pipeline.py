@@ -35,7 +35,7 @@ Ray's start-up is measured separately and excluded (paid once per job / cluster)
 
 Measured on the 2-core VM (shared; best of 3-5 each; ``--separate`` in the same session): one
 job instead of two stages cut the fixed overhead per job from +2.4..+6.4 s to +0.9..+2.9 s and
-the wall at 8-16 objects by 1.9-3.4 s (16-28 %). The per-object fits ranged from -13 % to +36 %
+the wall at 8-16 objects by 1.9-3.1 s (12-25 %). The per-object fits ranged from -13 % to +36 %
 of the loop's per-object time (two stages in the same sessions: -17 % to +42 %): on this machine
 the N/2N fit's run-to-run noise is larger than the 5 % goal. Inside the worker, the bookkeeping
 around each object (fingerprints, markers, publishing both stages) profiles at ~7 ms of ~600 ms. With ``--repeats R`` the four runs repeat R times, alternating,
