@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -248,6 +249,18 @@ def _antialias_cpu(
     ]
 
 
+_CUDA_CONTEXTS: dict[torch.device, Any] = {}
+
+
+def _cuda_context(dr: Any, device: torch.device) -> Any:
+    """One ``RasterizeCudaContext`` per device for the process (training renders every object of
+    every step: a context per call would set up the rasteriser each time)."""
+    ctx = _CUDA_CONTEXTS.get(device)
+    if ctx is None:
+        ctx = _CUDA_CONTEXTS[device] = dr.RasterizeCudaContext(device=device)
+    return ctx
+
+
 def _render_cuda(
     vertices: torch.Tensor,
     faces: torch.Tensor,
@@ -257,7 +270,7 @@ def _render_cuda(
 ) -> MeshRender:
     import nvdiffrast.torch as dr
 
-    ctx = dr.RasterizeCudaContext(device=vertices.device)
+    ctx = _cuda_context(dr, vertices.device)
     homo = torch.cat([vertices, torch.ones_like(vertices[:, :1])], dim=1)
     outs_a, outs_d, outs_m, outs_am, outs_aa = [], [], [], [], []
     tri = faces.to(torch.int32).contiguous()
