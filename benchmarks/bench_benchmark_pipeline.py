@@ -163,34 +163,37 @@ def run_loop(cfg: Any, evalset: Path, warm_up: bool = False) -> tuple[float, lis
     return time.perf_counter() - t0, per_object
 
 
-def run_pipeline(cfg: Any) -> tuple[float, list[float]]:
-    """``run_benchmark``: wall seconds and per-object seconds (predict + evaluate, from the
-    stages' status tables)."""
+def object_seconds(reports: Any) -> list[float]:
+    """Per-object seconds summed over the stages' status tables (every object must be ok)."""
     import collections
 
-    from pipelines.benchmark import run_benchmark
     from pipelines.schema import read_parquet
 
-    t0 = time.perf_counter()
-    reports, _ = run_benchmark(cfg)
-    wall = time.perf_counter() - t0
     per_uid: dict[str, float] = collections.defaultdict(float)
     for report in reports:
         if report.ok != report.total:
             raise RuntimeError(f"{report.stage}: {report.ok}/{report.total} ok: {report.errors}")
         for row in read_parquet(report.status_uri).to_pylist():
             per_uid[row["uid"]] += float(row["seconds"])
-    return wall, list(per_uid.values())
+    return list(per_uid.values())
+
+
+def run_pipeline(cfg: Any) -> tuple[float, list[float]]:
+    """``run_benchmark``: wall seconds and per-object seconds (predict + evaluate, from the
+    stages' status tables)."""
+    from pipelines.benchmark import run_benchmark
+
+    t0 = time.perf_counter()
+    reports, _ = run_benchmark(cfg)
+    wall = time.perf_counter() - t0
+    return wall, object_seconds(reports)
 
 
 def run_separate(cfg: Any) -> tuple[float, list[float]]:
     """``run_predict`` then ``run_evaluate`` (two stages, two actor pools) per evaluation set:
     wall seconds and per-object seconds (from the stages' status tables)."""
-    import collections
-
     from pipelines.benchmark import EvaluateConfig, PredictConfig, run_evaluate, run_predict
     from pipelines.benchmark import subset_config as subset
-    from pipelines.schema import read_parquet
 
     t0 = time.perf_counter()
     reports = []
@@ -198,13 +201,7 @@ def run_separate(cfg: Any) -> tuple[float, list[float]]:
         reports.append(run_predict(subset(PredictConfig, cfg, evalset=evalset)))
         reports.append(run_evaluate(subset(EvaluateConfig, cfg, evalset=evalset))[0])
     wall = time.perf_counter() - t0
-    per_uid: dict[str, float] = collections.defaultdict(float)
-    for report in reports:
-        if report.ok != report.total:
-            raise RuntimeError(f"{report.stage}: {report.ok}/{report.total} ok: {report.errors}")
-        for row in read_parquet(report.status_uri).to_pylist():
-            per_uid[row["uid"]] += float(row["seconds"])
-    return wall, list(per_uid.values())
+    return wall, object_seconds(reports)
 
 
 def fit(walls: dict[int, float], n: int) -> tuple[float, float]:
