@@ -380,14 +380,20 @@ class CarveResult:
         fill = -self.step
         volume = np.pad(self.field, 1, constant_values=fill)
         volume = np.where(np.isfinite(volume), volume, np.where(volume > 0, 1e3, fill))
-        verts, faces, normals, _ = marching_cubes(volume, level=0.0, spacing=(self.step,) * 3)
+        verts, faces, _, _ = marching_cubes(volume, level=0.0, spacing=(self.step,) * 3)
         origin = np.array([a[0] for a in self.axes]) - self.step
         verts = verts + origin
         # marching_cubes orients faces by the gradient (towards higher = inside): flip.
         faces = faces[:, ::-1]
         colours = None
         if images is not None:
-            colours = _vertex_colours(verts, -normals, list(images), self.masks, self.cameras)
+            # From the outward normals of those faces (marching_cubes' own normals point down
+            # the field, outward here: negated, they picked the views facing away and
+            # mirrored the textures).
+            normals = trimesh.Trimesh(verts, faces, process=False).vertex_normals
+            colours = _vertex_colours(
+                verts, np.asarray(normals), list(images), self.masks, self.cameras
+            )
         return trimesh.Trimesh(verts, faces, vertex_colors=colours, process=False)
 
 

@@ -121,6 +121,50 @@ def test_empty_silhouette_is_a_predictor_error() -> None:
         carve_field(images, cams)
 
 
+def _two_colour_sphere_views(radius: float, size: int) -> tuple[list[np.ndarray], list[Camera]]:
+    """Exact renders (RGBA) of a sphere at the origin whose +x half is red and -x half blue:
+    each pixel's colour is that of the first hit of its centre ray."""
+    poses = [(17.0, 12.0)] + [(17.0 + 30 + 60 * k, (20.0, -10.0)[k % 2]) for k in range(6)]
+    cams = [camera_from_spherical(az, el, 4.0, 30.0, size) for az, el in poses]
+    images = []
+    for cam in cams:
+        ys, xs = np.mgrid[0 : cam.height, 0 : cam.width] + 0.5
+        f = cam.focal_px()
+        dirs_cam = np.stack(
+            [(xs - cam.width / 2) / f, -(ys - cam.height / 2) / f, -np.ones_like(xs)], axis=-1
+        )
+        dirs = dirs_cam.reshape(-1, 3) @ cam.c2w[:3, :3].T
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        oc = cam.position
+        b = dirs @ oc
+        disc = b * b - (oc @ oc - radius * radius)
+        hit = disc >= 0
+        t = -b - np.sqrt(np.maximum(disc, 0.0))
+        x_hit = oc[0] + t * dirs[:, 0]
+        rgba = np.ones((len(dirs), 4), dtype=np.float32)
+        rgba[:, 3] = hit
+        rgba[hit & (x_hit >= 0)] = (1.0, 0.0, 0.0, 1.0)
+        rgba[hit & (x_hit < 0)] = (0.0, 0.0, 1.0, 1.0)
+        images.append(rgba.reshape(cam.height, cam.width, 4))
+    return images, cams
+
+
+def test_vertex_colours_come_from_the_side_a_view_sees() -> None:
+    """Each vertex takes its colour from a view that faces it: on a sphere whose +x half is
+    red and -x half blue, vertices well inside either half get that half's colour. (Taken
+    from the view facing away, the colour is what that view sees of the opposite side through
+    the vertex's projection: textures came out mirrored, the GT's "Front" read as a mirrored
+    "Back", on real textured GSO-layout meshes.)"""
+    images, cams = _two_colour_sphere_views(0.5, 96)
+    mesh = carve_field(images, cams, resolution=40).mesh(images)
+    rgb = mesh.visual.vertex_colors[:, :3].astype(int)
+    x = mesh.vertices[:, 0]
+    red, blue = x > 0.15, x < -0.15
+    assert red.sum() > 100 and blue.sum() > 100
+    assert (rgb[red] == (255, 0, 0)).all(axis=1).mean() > 0.95
+    assert (rgb[blue] == (0, 0, 255)).all(axis=1).mean() > 0.95
+
+
 # ------------------------------------------------------------------------------------------------
 # through the evaluation layout and the evaluator
 
