@@ -211,6 +211,20 @@ def decode_depth_png(values: np.ndarray) -> np.ndarray:
     return np.where(values > 0, depth, np.nan)
 
 
+def stored_cameras(cameras: Sequence[cams.Camera]) -> list[cams.Camera]:
+    """``cameras`` as :func:`cameras_npz` stores them (float32 pose and FOV). Layouts render
+    with these, so the stored cameras are exactly the ones that made the pixels: a re-render
+    from ``cameras.npz`` (the evaluator's, an oracle prediction's) gives the same bytes."""
+    return [
+        dataclasses.replace(
+            c,
+            c2w=np.asarray(c.c2w, dtype=np.float32).astype(np.float64),
+            fov_deg=float(np.float32(c.fov_deg)),
+        )
+        for c in cameras
+    ]
+
+
 def cameras_npz(cameras: Sequence[cams.Camera]) -> bytes:
     buf = io.BytesIO()
     np.savez(
@@ -344,6 +358,7 @@ def render_layout(
         transforms_json=transforms_json,
         transforms_to_world=transforms_to_world,
     ):
+        vs = dataclasses.replace(vs, cameras=stored_cameras(vs.cameras))
         t0 = time.perf_counter()
         views = backend.render(obj, vs.cameras)
         t1 = time.perf_counter()
