@@ -99,7 +99,7 @@ from rendering.provenance import versions as software_versions
 from rendering.urls import atomic_write_bytes as write_bytes_atomic
 from rendering.urls import exists as _exists
 from rendering.urls import join as join_url
-from rendering.urls import read_bytes
+from rendering.urls import parquet_from_bytes, read_bytes
 
 __all__ = [
     "GEOMETRY_KEY",
@@ -618,7 +618,7 @@ def read_run(run_uri: str) -> RunRecords:
         if not _exists(url):
             raise RunRecordError(f"{url} not found (run {info.run_id!r} is incomplete)")
         try:
-            tables[name] = pq.read_table(io.BytesIO(read_bytes(url)))
+            tables[name] = parquet_from_bytes(read_bytes(url))
         except (pa.ArrowInvalid, OSError) as e:
             raise RunRecordError(f"{url}: not a readable Parquet file ({e})") from e
     return validate_records(RunRecords(info=info, **tables, uri=run_uri))

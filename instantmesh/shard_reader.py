@@ -65,7 +65,7 @@ from rendering.shard_format import (
     decode_key,
     split_member,
 )
-from rendering.urls import filesystem, join
+from rendering.urls import filesystem, join, parquet_from_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -349,8 +349,6 @@ def iter_tar(url: str, *, storage_options: Mapping[str, Any] | None = None) -> I
 def shard_sample_counts(source: str | os.PathLike[str]) -> tuple[dict[str, int], str] | None:
     """``({shard file name: samples}, where it was read)``: from ``_SUCCESS.json`` (its
     ``shards`` list) or else from ``index.parquet`` beside the shards; None when neither says."""
-    import pyarrow.parquet as pq
-
     url = os.fspath(source)
     if url.endswith(".tar"):
         return None
@@ -365,7 +363,7 @@ def shard_sample_counts(source: str | os.PathLike[str]) -> tuple[dict[str, int],
     if not fs.exists(index):
         return None
     with fs.open(index, "rb") as f:
-        table = pq.read_table(f, columns=["shard", "key"])
+        table = parquet_from_bytes(f.read(), columns=["shard", "key"])
     counts: dict[str, int] = {}
     pairs = set(zip(table["shard"].to_pylist(), table["key"].to_pylist(), strict=True))
     for shard, _ in pairs:

@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import tyro
 import yaml
 
@@ -49,6 +48,7 @@ from pipelines.configs import ConfigError, registry_choices
 from pipelines.schema import ManifestError, read_parquet
 from rendering.backends import BACKENDS
 from rendering.output_layouts import DEFAULT_SIZES
+from rendering.urls import parquet_from_bytes, read_bytes
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -270,13 +270,8 @@ def _views(sdir: str) -> float | None:
     url = storage.join(sdir, "results.parquet")
     if not storage.exists(url):
         return None
-    fs, path = storage.filesystem(url)
-    try:
-        with fs.open(path, "rb") as f:
-            if "n_views" not in pq.read_schema(f).names:
-                return None
-            f.seek(0)
-            col = pq.read_table(f, columns=["n_views"]).column("n_views")
+    try:  # a results table without an n_views column is ArrowInvalid too
+        col = parquet_from_bytes(read_bytes(url), columns=["n_views"]).column("n_views")
     except (pa.ArrowInvalid, OSError):
         return None
     values = col.drop_null().to_numpy()

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.storage import atomic_write_bytes, filesystem
+from rendering.urls import parquet_from_bytes
 
 SOURCES = ("objaverse", "gso", "omni3d", "synthetic")
 Status = Literal["ok", "failed", "skipped"]
@@ -109,7 +110,8 @@ def read_parquet(url: str) -> pa.Table:
         raise ManifestError(f"{url} is a directory, expected a Parquet file")
     try:
         with fs.open(path, "rb") as f:
-            return pq.read_table(f)
+            data = f.read()
+        return parquet_from_bytes(data)
     except (pa.ArrowInvalid, OSError) as e:
         first = (str(e).strip().splitlines() or [""])[0]
         raise ManifestError(f"{url} is not a readable Parquet file ({first})") from e

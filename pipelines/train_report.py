@@ -37,7 +37,7 @@ import yaml
 from numpy.typing import ArrayLike
 
 from pipelines import storage
-from rendering.urls import atomic_write_bytes, read_bytes
+from rendering.urls import atomic_write_bytes, parquet_from_bytes, read_bytes
 
 __all__ = [
     "CONFIG_FILE",
@@ -106,7 +106,7 @@ def _table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
 
 def read_metrics(url: str) -> pa.Table:
     """The metrics table at ``url`` (a ``metrics.parquet`` file)."""
-    return pq.read_table(io.BytesIO(read_bytes(url)))
+    return parquet_from_bytes(read_bytes(url))
 
 
 class MetricsLog:
