@@ -588,6 +588,16 @@ def _lpips_row_note(info: RunInfo) -> str:
     return "LPIPS unavailable in this run (backbone weights absent; see the LPIPS note)"
 
 
+def _forced_render_note(info: RunInfo, dataset: str) -> str | None:
+    """The note ``imesh evaluate --force-render-settings`` left in ``run.json``
+    (``config.render_settings.<dataset>.note``) when it rendered the predictions unlike the
+    evaluation set's GT views; None for a run rendered like them."""
+    settings = info.config.get("render_settings")
+    entry = settings.get(dataset) if isinstance(settings, Mapping) else None
+    note = entry.get("note") if isinstance(entry, Mapping) else None
+    return note if isinstance(note, str) and note else None
+
+
 def _our_rows(
     records: RunRecords,
     dataset: str,
@@ -641,6 +651,12 @@ def _our_rows(
             values[m] = float(np.mean(np.asarray(per_obj, dtype=np.float64))) if per_obj else None
         if "lpips" in metrics and not records.info.lpips_usable:
             notes.append(f"{label}: {_lpips_row_note(records.info)}.")
+        forced = _forced_render_note(records.info, dataset)
+        if forced and image_metrics:
+            notes.append(
+                f"{label}: {forced}; its image metrics are not comparable with runs rendered "
+                "like the evaluation set."
+            )
         if geometry_metrics and not need_geometry:
             notes.append(f"{label}: no geometry metrics in this run.")
         if need_geometry and counted:

@@ -197,6 +197,26 @@ def test_compare_checks_aligned_metrics_only_when_a_run_has_them() -> None:
     assert missing.verdict == "no_data" and missing.n_unpaired == 2
 
 
+# --------------------------------------------------------------------------- forced render settings
+
+
+def test_forced_render_settings_are_a_row_note_in_every_format() -> None:
+    note = (
+        "forced render settings (--force-render-settings): --backend blender (evaluation set: cpu)"
+    )
+    settings = {"gso": {"forced": ["backend"], "note": note}, "omni3d": {"forced": []}}
+    forced = _run("forced", config={**NO_LPIPS, "render_settings": settings})
+    (t,) = paper_tables([forced, _run("plain")], {"tables": []})
+    expected = (
+        f"instantmesh (ours, forced): {note}; its image metrics are not comparable with runs "
+        "rendered like the evaluation set."
+    )
+    assert expected in t.all_notes()
+    assert sum("rendered like the evaluation set" in n for n in t.all_notes()) == 1  # not plain
+    assert expected in t.to_markdown()
+    assert html.escape(expected) in render_html_report([forced], tables=[t])
+
+
 # --------------------------------------------------------------------------- LPIPS hint
 
 
