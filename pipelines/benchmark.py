@@ -365,6 +365,23 @@ def object_dir(evalset: str, uid: str) -> Path:
     return Path(storage.join(evalset, EVALSET_OBJECTS, storage.check_uid(uid)))
 
 
+class GroundTruthMissing(FileNotFoundError):
+    """An object of the evaluation set's manifest that the set has no finished folder for (its
+    build failed, e.g. an untextured GT, or never ran)."""
+
+
+def finished_object_dir(evalset: str, uid: str) -> Path:
+    """:func:`object_dir` of an object whose build finished; :class:`GroundTruthMissing`
+    naming where the cause is otherwise (rather than the first file a predictor misses)."""
+    folder = object_dir(evalset, uid)
+    if storage.read_marker(str(folder)) is None:
+        raise GroundTruthMissing(
+            f"{uid}: the evaluation set has no finished object {folder} (its build failed or "
+            f"did not run: imesh status {storage.join(evalset, 'evalset-build')})"
+        )
+    return folder
+
+
 # ----------------------------------------------------------------------------------------------
 # predict
 
@@ -390,7 +407,7 @@ def predict_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
 
     cfg: PredictConfig = ctx.config
     assert ctx.scratch_dir is not None
-    folder = object_dir(cfg.evalset, ctx.uid)
+    folder = finished_object_dir(cfg.evalset, ctx.uid)
     item = PredictorInput(ctx.uid, row.get("source") or "", folder)
     prediction = ctx.state.predict(item)
     frame = convention_frame(prediction.convention)
@@ -562,6 +579,7 @@ def evaluate_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
     state: EvaluateState = ctx.state
     assert ctx.scratch_dir is not None
     dataset = str(row["source"])  # evaluation-set manifests name their dataset in `source`
+    folder = finished_object_dir(cfg.evalset, ctx.uid)
     pred_url = storage.join(cfg.out, "predictions", dataset, ctx.uid)
     if storage.read_marker(pred_url) is None:
         raise PredictionMissing(f"no finished prediction for {ctx.uid} at {pred_url}")
@@ -581,7 +599,6 @@ def evaluate_item(row: dict[str, Any], ctx: ItemContext) -> dict[str, Any]:
         device=cfg.device,  # "cpu" or "cuda": resolved by the driver (resolve_metrics_device)
         image_size=cfg.size,  # the evaluation set's unless forced (resolve_render_settings)
     )
-    folder = object_dir(cfg.evalset, ctx.uid)
     result = evaluate_object(pred, folder, state.backend, options, state.metrics)
     view_metrics = [m.name for m in state.metrics if m.scope == "view"]
     out: dict[str, list[Any]] = {k: [] for k in ("view_set", "view", *view_metrics)}
