@@ -17,9 +17,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from tyro.conf import Positional
+from tyro.conf import Positional, arg
 
 from instantmesh.generate import GenerateOptions
 from pipelines.configs import ConfigError, write_resolved_config
@@ -31,7 +31,9 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 class GenerateConfig(GenerateOptions):
     """Image(s) -> Zero123++ six views -> InstantMesh LRM -> mesh (.obj/.glb/.ply) + turntable."""
 
-    images: Positional[list[str]] = field(default_factory=list)
+    images: Annotated[Positional[list[str]], arg(metavar="[IMAGE ...]")] = field(
+        default_factory=list
+    )
     """Input images. RGBA with transparency: its alpha is the mask. RGB or fully opaque RGBA:
     background removed with rembg (unless --no-rembg). Then re-centred to 85 % on white."""
     out: str = "generate_out"

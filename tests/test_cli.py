@@ -31,6 +31,8 @@ def test_every_subcommand_help_works(command: str, capsys: pytest.CaptureFixture
     out = capsys.readouterr().out
     assert "usage: imesh " + command in out
     assert "``" not in out  # option docs are plain text, not reStructuredText
+    usage = out.split("\n\n", 1)[0]
+    assert "STR" not in usage, usage  # positionals are named (PATH, IMAGE), not typed
 
 
 def test_unknown_command_and_bad_input_exit_2(
