@@ -248,6 +248,14 @@ class InstantMeshOptions(BasePredictorOptions):
                 "predictor instantmesh needs --checkpoint (an official .ckpt with --variant, or a "
                 "folder written by instantmesh.save_model)"
             )
+        if self.variant is not None:
+            from instantmesh.variants import VARIANTS  # the model's registry (imports torch)
+
+            if self.variant not in VARIANTS:
+                raise PredictorError(
+                    f"instantmesh: unknown --variant {self.variant!r}; choose one of "
+                    f"{', '.join(VARIANTS)}"
+                )
         if self.views not in VIEWS_SOURCES:
             raise PredictorError(f"instantmesh: --views must be one of {VIEWS_SOURCES}")
         if self.views == "generated" and not self.zero123pp:

@@ -90,6 +90,11 @@ CASES: dict[str, tuple[str, str]] = {
         "benchmark --evalsets {set} --out {out} --predictor mesh-dir --mesh-dir {missing}",
         "{missing}",
     ),
+    "benchmark --variant": (
+        "benchmark --evalsets {set} --out {out} --predictor instantmesh --checkpoint {dir} "
+        "--variant nope --views ground-truth",
+        "unknown --variant 'nope'; choose one of instant-nerf-base",
+    ),
     "report --runs": ("report --runs {missing} --out {out}", "{missing}"),
     "report --reference": ("report --runs {dir} --out {out} --reference {missing}", "{missing}"),
     "compare --baseline": ("compare --baseline {missing} --new {dir} --out {out}", "{missing}"),
