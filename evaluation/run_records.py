@@ -52,7 +52,10 @@ comparison (:mod:`evaluation.compare`) are all derived from them.
 Rules checked by :func:`validate_records` (on write and on read):
 
 * required columns present (extra columns are allowed and preserved after the required ones),
-  castable to the schema types, no nulls in non-nullable columns;
+  castable to the schema types, no nulls in non-nullable columns; a metric column a file
+  lacks altogether reads as all null (nullable): the run was written before that registry
+  entry existed (or without an optional one), so adding a metric leaves every stored run, a
+  nightly baseline included, readable, with that metric not computed;
 * no duplicated keys (the key columns listed above);
 * ``view_set`` in :data:`VIEW_SETS`, ``status`` in :data:`OBJECT_STATUSES`, ``view >= 0``;
 * every row's ``run_id`` equals ``run.json``'s ``run_id``;
@@ -450,16 +453,23 @@ def _conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
     """Required columns first, cast to the schema types; extra columns kept after them."""
     if not isinstance(table, pa.Table):
         raise RunRecordError(f"{where}: expected a pyarrow Table, got {type(table).__name__}")
+    absent: set[str] = set()
     for name in schema.names:
         metric = METRICS.get(name)
-        if name not in table.column_names and metric is not None and metric.optional:
-            # a run written before this optional metric existed, or without it: all null
-            table = table.append_column(metric.column, pa.nulls(table.num_rows, pa.float64()))
+        if name not in table.column_names and metric is not None:
+            # a run written before this metric was registered (or without an optional one):
+            # all null, as where a run could not compute it, so adding a metric keeps every
+            # stored run (a nightly baseline) readable and comparable on the other metrics
+            table = table.append_column(name, pa.nulls(table.num_rows, pa.float64()))
+            absent.add(name)
     missing = [n for n in schema.names if n not in table.column_names]
     if missing:
         raise RunRecordError(f"{where}: missing required column(s) {', '.join(missing)}")
     columns = []
+    fields = []
     for f in schema:
+        if f.name in absent:
+            f = f.with_nullable(True)
         col = table.column(f.name)
         if not col.type.equals(f.type):
             try:
@@ -471,8 +481,9 @@ def _conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
         if not f.nullable and col.null_count:
             raise RunRecordError(f"{where}: column {f.name} has {col.null_count} null value(s)")
         columns.append(col)
+        fields.append(f)
     extras = [n for n in table.column_names if n not in schema.names]
-    fields = list(schema) + [table.schema.field(n) for n in extras]
+    fields += [table.schema.field(n) for n in extras]
     columns += [table.column(n) for n in extras]
     return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 

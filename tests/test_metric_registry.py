@@ -221,6 +221,32 @@ def test_a_file_without_the_optional_columns_reads_as_null(tmp_path: Any) -> Non
     assert back.geometry_metrics.schema.equals(GEOMETRY_METRICS_SCHEMA)
 
 
+def test_a_run_written_before_a_new_metric_still_reads_and_compares(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """A stored run (a nightly baseline) written before an entry was added reads with that
+    column all null: the tables say it is missing, compare has no data for it and still
+    compares the other metrics (was: 'missing required column(s)' for every stored run)."""
+    write_run_records(str(tmp_path / "base"), _toy_run("base", 0.0))
+    for name, column in (("image_metrics", "toy_view"), ("geometry_metrics", "toy_object")):
+        path = tmp_path / "base" / "metrics" / f"{name}.parquet"  # as written before the entry
+        pq.write_table(pq.read_table(path).drop_columns([column]), path)
+    monkeypatch.setitem(METRICS, TOY_VIEW.name, TOY_VIEW)
+    monkeypatch.setitem(METRICS, TOY_OBJECT.name, TOY_OBJECT)  # required: no nulls in new runs
+    old = read_run(str(tmp_path / "base"))
+    assert old.geometry_metrics.column("toy_object").to_pylist() == [None] * 6
+    assert old.image_metrics.column("toy_view").null_count == 12
+    (table,) = paper_tables([old], {"tables": []})
+    (row,) = table.rows
+    assert row.cell("toy_object") == "n/a" and row.cell("chamfer") == "0.100"
+    assert "oracle (ours, base): TO missing for 6 object(s); not shown." in table.all_notes()
+    new = _toy_run("new", 1.0)
+    assert new.geometry_metrics.column("toy_object").null_count == 0
+    by_metric = {m.metric: m for m in compare_runs(old, new).metrics}
+    assert by_metric["toy_object"].verdict == by_metric["toy_view"].verdict == "no_data"
+    assert by_metric["chamfer"].verdict == "no_change"
+
+
 def _toy_run_plain() -> RunRecords:
     info = RunInfo.new("old", "oracle", datasets=["gso"])
     geometry = [
