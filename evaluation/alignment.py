@@ -46,7 +46,7 @@ import numpy.typing as npt
 import trimesh
 from scipy.spatial import cKDTree
 
-from evaluation.geometry import sample_surface, validate_mesh
+from evaluation.geometry import cpu_threads, sample_surface, validate_mesh
 from rendering.cameras import Camera, camera_from_spherical
 
 __all__ = [
@@ -318,11 +318,12 @@ def refine_icp(
     src0 = sample_surface(pv, pf, n_points, np.random.default_rng([seed, 0]))
     dst = sample_surface(gv, gf, n_points, np.random.default_rng([seed, 1]))
     tree = cKDTree(dst)
+    threads = cpu_threads()
     rot, trans = np.eye(3), np.zeros(3)
 
     def matched_error(r: FloatArray, t: FloatArray) -> tuple[float, FloatArray, FloatArray]:
         src = src0 @ r.T + t
-        dist, idx = tree.query(src, k=1, workers=-1)
+        dist, idx = tree.query(src, k=1, workers=threads)
         keep = np.ones(len(src), dtype=bool)
         if max_correspondence is not None:
             keep = dist <= max_correspondence

@@ -40,6 +40,7 @@ uniformly on each surface (16K by default), then compare the two point sets.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
@@ -52,6 +53,7 @@ __all__ = [
     "GeometryError",
     "bbox_normalization",
     "chamfer_fscore",
+    "cpu_threads",
     "geometry_metrics",
     "sample_surface",
     "threshold_key",
@@ -66,6 +68,18 @@ Reduction = Literal["mean", "sum"]
 
 class GeometryError(ValueError):
     """A mesh cannot be evaluated (empty, no faces, zero area, non-finite vertices, ...)."""
+
+
+def cpu_threads() -> int:
+    """Threads this process may use for its KD-tree queries: ``OMP_NUM_THREADS`` when set (Ray
+    sets it to an actor's CPUs, so a 1-CPU worker uses one thread and W workers on W cores do
+    not each start W threads), else every core the process may run on."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def threshold_key(metric: str, t: float) -> str:
@@ -168,8 +182,9 @@ def chamfer_fscore(
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     norm = 2 if distance == "l2" else 1
-    d_pg, _ = cKDTree(g).query(p, k=1, p=norm, workers=-1)
-    d_gp, _ = cKDTree(p).query(g, k=1, p=norm, workers=-1)
+    threads = cpu_threads()
+    d_pg, _ = cKDTree(g).query(p, k=1, p=norm, workers=threads)
+    d_gp, _ = cKDTree(p).query(g, k=1, p=norm, workers=threads)
     d_pg = np.asarray(d_pg, dtype=np.float64)
     d_gp = np.asarray(d_gp, dtype=np.float64)
     power = 2 if squared else 1

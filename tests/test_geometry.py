@@ -26,6 +26,7 @@ from evaluation.geometry import (
     GeometryError,
     bbox_normalization,
     chamfer_fscore,
+    cpu_threads,
     geometry_metrics,
     sample_surface,
     threshold_key,
@@ -365,3 +366,24 @@ def test_icp_recovers_a_small_rigid_motion() -> None:
     before = geometry_metrics(pred, gt, 4000, normalize="none")["chamfer"]
     after = geometry_metrics(result.mesh, gt, 4000, normalize="none")["chamfer"]
     assert after < before / 2
+
+
+@pytest.mark.parametrize(("env", "expected"), [("1", 1), ("3", 3)])
+def test_kd_queries_use_the_process_thread_budget(
+    monkeypatch: pytest.MonkeyPatch, env: str, expected: int
+) -> None:
+    # Ray starts a 1-CPU actor with OMP_NUM_THREADS=1: its KD-tree queries must not use every core.
+    monkeypatch.setenv("OMP_NUM_THREADS", env)
+    assert cpu_threads() == expected
+
+
+def test_kd_queries_default_to_the_cores_the_process_may_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert cpu_threads() == cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "not-a-number")
+    assert cpu_threads() == cores
