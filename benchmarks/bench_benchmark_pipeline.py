@@ -22,24 +22,31 @@ procedural fixtures, with the same resources (one process or actor, one torch th
   the other runs, so both ways are measured under the same machine load.
 
 Each side runs on N and on 2N objects (the 2N-object set's first N objects make the N-object
-set), so a linear fit separates the cost per object from the fixed cost per job::
+set); runs alternate (loop, pipeline, loop, ...) so that both meet the same machine load. The
+per-object overhead (goal: <= 5 % of the loop's per-object time) is measured three ways:
 
-    per object = (wall(2N) - wall(N)) / N        fixed = wall(N) - N * per object
+1. **steady state** (the headline): within one 2N-object run, the seconds per object between
+   the first object's completion and the last one's (loop: a clock in its process; pipeline:
+   the status tables' ``finished_at``), so no actor start, setup or tables are in it and the
+   noise averages over 2N - 1 objects of one run; each pipeline run is paired with the loop run
+   just before it, and the median of the pairs is reported;
+2. **wall fit** over the fastest run of each: ``per object = (wall(2N) - wall(N)) / N``,
+   ``fixed = wall(N) - N * per object``; it also gives the fixed overhead per job, but carries
+   the noise of two whole runs (on the shared 2-core VM larger than the goal);
+3. **CPU seconds** (Linux): the same fit on CPU seconds instead of wall, the pipeline's split
+   into its worker, the driver (Ray Data's executor wakes 10 times a second) and Ray's daemons
+   (GCS, raylet, agents): insensitive to other load on the machine, and the cost that matters
+   when every core is busy.
 
-The per-object overhead (goal: <= 5 % of the loop's per-object time) is then split into what
-the worker spends around each item (status-table seconds minus the loop's per-item seconds:
-fingerprints, validation, publishing) and the rest (scheduling, per-shard part files, progress).
-Ray's start-up is measured separately and excluded (paid once per job / cluster).
-``--shard-size`` defaults to 1, every object its own shard: the worst case for per-shard costs
-(``imesh benchmark`` uses 8).
+``--saturated`` also compares with every core busy: 2 workers vs 2 loop processes on 2N
+objects, where the driver and Ray's daemons take CPU from the work. Both sides run torch and
+BLAS on one thread per process (Ray's ``OMP_NUM_THREADS=1`` for 1-CPU actors; the loop's
+processes get the same). Ray's start-up is measured separately and excluded (paid once per job
+/ cluster). ``--shard-size`` defaults to 1, every object its own shard: the worst case for
+per-shard costs (``imesh benchmark`` uses 8). With ``--repeats R`` the runs repeat R times.
+``--separate`` also times predict then evaluate as two stages. ``--scaling`` times 2 workers.
 
-Measured on the 2-core VM (shared; best of 3-5 each; ``--separate`` in the same session): one
-job instead of two stages cut the fixed overhead per job from +2.4..+6.4 s to +0.9..+2.9 s and
-the wall at 8-16 objects by 1.9-3.1 s (12-25 %). The per-object fits ranged from -13 % to +36 %
-of the loop's per-object time (two stages in the same sessions: -17 % to +42 %): on this machine
-the N/2N fit's run-to-run noise is larger than the 5 % goal. Inside the worker, the bookkeeping
-around each object (fingerprints, markers, publishing both stages) profiles at ~7 ms of ~600 ms. With ``--repeats R`` the four runs repeat R times, alternating,
-and the fastest of each counts (the machine may be shared). ``--scaling`` also times 2 workers.
+MEASURED
 
     python benchmarks/bench_benchmark_pipeline.py [--objects 4] [--size 160] [--resolution 48]
         [--repeats 1] [--shard-size 1] [--scaling] [--separate] [--profile FILE]
@@ -60,11 +67,14 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Ray starts every 1-CPU actor with OMP_NUM_THREADS=1 (torch and BLAS on one thread); the loop's
+# processes inherit the same (without it they would use every core for the same work).
+os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def make_evalsets(tmp: Path, n: int, size: int, run: Any) -> dict[int, Path]:
@@ -105,19 +115,55 @@ def benchmark_config(args: argparse.Namespace, evalset: Path, out: Path, workers
     )
 
 
-def run_loop_fresh(cfg: Any, evalset: Path) -> tuple[float, list[float]]:
-    """:func:`run_loop` in a fresh process (spawned: no Ray, nothing imported or warmed up)."""
+@dataclass
+class Run:
+    """One timed run: wall seconds (stage setup included), each object's seconds around its
+    item (loop: measured; pipeline: the status tables, both stages summed), when each object
+    was done (seconds, in order; loop: a clock in the loop's process, pipeline: the last
+    stage's ``finished_at``) and CPU seconds per object by process group
+    (:func:`ray_cpu_seconds`) between the first and the last completion."""
+
+    wall: float
+    item_seconds: list[float]
+    done_at: list[float]
+    steady_cpu: dict[str, float] = field(default_factory=dict)
+
+    def steady_per_object(self) -> float:
+        """Seconds per object between the first object's completion and the last one's: the
+        marginal cost of one more object (no actor start, setup or tables in it) measured
+        within one run, so its noise averages over the objects instead of over two runs."""
+        done = sorted(self.done_at)
+        return (done[-1] - done[0]) / (len(done) - 1)
+
+
+def run_loop_fresh(cfg: Any, evalset: Path, processes: int = 1) -> Run:
+    """:func:`run_loop` in ``processes`` fresh processes at once (spawned: no Ray, nothing
+    imported or warmed up), each taking every ``processes``-th object; their runs merged."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(run_loop, cfg, evalset).result()
+    spawn = multiprocessing.get_context("spawn")
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(processes, mp_context=spawn) as pool:
+        parts = [pool.submit(run_loop, cfg, evalset, part=(i, processes)) for i in range(processes)]
+        runs = [part.result() for part in parts]
+    if processes == 1:
+        return runs[0]
+    # per object over both streams: each stream's CPU between its first and last completion
+    steady = sum(r.steady_cpu["worker"] * (len(r.done_at) - 1) for r in runs)
+    return Run(
+        time.perf_counter() - t0,
+        [s for run in runs for s in run.item_seconds],
+        [d for run in runs for d in run.done_at],  # one monotonic clock for all processes
+        {"worker": steady / sum(len(r.done_at) - 1 for r in runs)},
+    )
 
 
-def run_loop(cfg: Any, evalset: Path, warm_up: bool = False) -> tuple[float, list[float]]:
-    """The plain loop over ``evalset``: wall seconds (stage setup included) and per-object
-    seconds. The evaluate side reads the prediction where the pipeline publishes it
-    (``<out>/predictions/<dataset>/<uid>/``), so a marker is written there for it."""
+def run_loop(cfg: Any, evalset: Path, warm_up: bool = False, part: tuple[int, int] = (0, 1)) -> Run:
+    """The plain loop over ``evalset`` (objects ``part[0]``, ``part[0] + part[1]``, ...). The
+    evaluate side reads the prediction where the pipeline publishes it
+    (``<out>/predictions/<dataset>/<uid>/``), so a marker is written there for it. Its CPU
+    seconds are this process's (all threads), in group ``worker``."""
     from pipelines import storage
     from pipelines.benchmark import (
         EvaluateConfig,
@@ -141,8 +187,8 @@ def run_loop(cfg: Any, evalset: Path, warm_up: bool = False) -> tuple[float, lis
     predict, evaluate = predict_stage(predict_cfg, dataset), evaluate_stage(dataset)
     assert predict.setup is not None and evaluate.setup is not None
     predictor, backend = predict.setup(predict_cfg), evaluate.setup(evaluate_cfg)
-    rows = evalset_manifest(str(evalset)).to_pylist()
-    per_object = []
+    rows = evalset_manifest(str(evalset)).to_pylist()[part[0] :: part[1]]
+    item_seconds, done_at, cpu_at = [], [], []
     try:
         for row in rows[:1] if warm_up else rows:
             t = time.perf_counter()
@@ -154,60 +200,170 @@ def run_loop(cfg: Any, evalset: Path, warm_up: bool = False) -> tuple[float, lis
             rendered = out / "eval_renders" / dataset / uid
             rendered.mkdir(parents=True)
             evaluate.process(row, ItemContext(uid, 1, evaluate_cfg, backend, rendered))
-            per_object.append(time.perf_counter() - t)
+            done_at.append(time.perf_counter())
+            cpu_at.append(time.process_time())
+            item_seconds.append(done_at[-1] - t)
     finally:
         for state in (predictor, backend):
             close = getattr(state, "close", None)
             if callable(close):
                 close()
-    return time.perf_counter() - t0, per_object
+    steady = {"worker": (cpu_at[-1] - cpu_at[0]) / max(len(cpu_at) - 1, 1)}
+    return Run(time.perf_counter() - t0, item_seconds, done_at, steady)
 
 
-def object_seconds(reports: Any) -> list[float]:
-    """Per-object seconds summed over the stages' status tables (every object must be ok)."""
+CPU_GROUPS = ("worker", "driver", "ray daemons")
+
+
+def ray_cpu_seconds() -> dict[str, float] | None:
+    """CPU seconds (user + system) used so far by this process and the processes it started
+    (the local Ray it runs: GCS, raylet, agents, workers), by group: ``driver`` (this process's
+    own threads, Ray's core threads among them), ``worker`` (Ray's task and actor processes,
+    including those already exited: a raylet collects its exited workers' times) and ``ray
+    daemons`` (everything else). Read from ``/proc``; None where there is none (not Linux).
+    Children this process itself waited for (the loop's spawned process) are left out."""
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        return None
+    tick = float(os.sysconf("SC_CLK_TCK"))
+    table: dict[int, tuple[str, int, list[int]]] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        # after the name: state ppid ... utime(14) stime(15) cutime(16) cstime(17), 1-based
+        table[int(entry.name)] = (name, int(fields[1]), [int(x) for x in fields[11:15]])
+    me = os.getpid()
+    cpu = dict.fromkeys(CPU_GROUPS, 0.0)
+    cpu["driver"] = sum(table[me][2][:2]) / tick
+    family = {me}
+    grew = True  # pids are not ordered parent before child: grow the family to a fixpoint
+    while grew:
+        grew = False
+        for pid, (_, ppid, _) in table.items():
+            if ppid in family and pid not in family:
+                family.add(pid)
+                grew = True
+    agents = ("ray::DashboardA", "ray::RuntimeEnv")
+    for pid in family - {me}:
+        name, _, (utime, stime, cutime, cstime) = table[pid]
+        is_worker = name.startswith("ray::") and not name.startswith(agents)
+        cpu["worker" if is_worker else "ray daemons"] += (utime + stime) / tick
+        # exited children: a raylet's are its workers
+        cpu["worker" if name == "raylet" else "ray daemons"] += (cutime + cstime) / tick
+    return cpu
+
+
+def object_seconds(reports: Any) -> tuple[list[float], list[float]]:
+    """Per-object seconds summed over the stages' status tables, and when each object's last
+    stage finished (epoch seconds, in ``uid`` order); every object must be ok."""
     import collections
 
     from pipelines.schema import read_parquet
 
     per_uid: dict[str, float] = collections.defaultdict(float)
+    done_at: dict[str, float] = {}
     for report in reports:
         if report.ok != report.total:
             raise RuntimeError(f"{report.stage}: {report.ok}/{report.total} ok: {report.errors}")
         for row in read_parquet(report.status_uri).to_pylist():
             per_uid[row["uid"]] += float(row["seconds"])
-    return list(per_uid.values())
+            finished = row["finished_at"].timestamp()
+            done_at[row["uid"]] = max(done_at.get(row["uid"], finished), finished)
+    uids = sorted(per_uid)
+    return [per_uid[u] for u in uids], [done_at[u] for u in uids]
 
 
-def run_pipeline(cfg: Any) -> tuple[float, list[float]]:
-    """``run_benchmark``: wall seconds and per-object seconds (predict + evaluate, from the
-    stages' status tables)."""
+class CpuSampler:
+    """Samples :func:`ray_cpu_seconds` every ``interval`` seconds on a driver thread, so that the
+    CPU seconds between two instants of a run (the first and the last object's completion) can
+    be read off. The sampler's own CPU is taken out of the driver's."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        import threading
+
+        self.interval = interval
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self._own = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            cpu = ray_cpu_seconds()
+            if cpu is None:
+                return
+            cpu["driver"] -= self._own
+            self.samples.append((time.time(), cpu))
+            self._own = time.thread_time()
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def at(self, when: float) -> dict[str, float]:
+        """CPU seconds by group at ``when`` (epoch seconds), interpolated between samples."""
+        import numpy as np
+
+        times = np.array([t for t, _ in self.samples])
+        return {
+            g: float(np.interp(when, times, [cpu[g] for _, cpu in self.samples]))
+            for g in CPU_GROUPS
+        }
+
+    def per_object(self, done_at: list[float]) -> dict[str, float]:
+        """CPU seconds per object by group between the first and the last completion."""
+        if len(self.samples) < 2:
+            return {}
+        done = sorted(done_at)
+        first, last = self.at(done[0]), self.at(done[-1])
+        return {g: (last[g] - first[g]) / (len(done) - 1) for g in CPU_GROUPS}
+
+
+def timed(fn: Any, cfg: Any) -> Run:
+    """Run ``fn(cfg)`` (returning the stage reports): wall, status seconds and CPU seconds."""
+    t0 = time.perf_counter()
+    with CpuSampler() as sampler:
+        reports = fn(cfg)
+    wall = time.perf_counter() - t0
+    item_seconds, done_at = object_seconds(reports)
+    return Run(wall, item_seconds, done_at, sampler.per_object(done_at))
+
+
+def benchmark_reports(cfg: Any) -> list[Any]:
+    """``run_benchmark``: predict and evaluate as one job."""
     from pipelines.benchmark import run_benchmark
 
-    t0 = time.perf_counter()
-    reports, _ = run_benchmark(cfg)
-    wall = time.perf_counter() - t0
-    return wall, object_seconds(reports)
+    return list(run_benchmark(cfg)[0])
 
 
-def run_separate(cfg: Any) -> tuple[float, list[float]]:
-    """``run_predict`` then ``run_evaluate`` (two stages, two actor pools) per evaluation set:
-    wall seconds and per-object seconds (from the stages' status tables)."""
+def separate_reports(cfg: Any) -> list[Any]:
+    """``run_predict`` then ``run_evaluate`` (two stages, two actor pools) per evaluation set."""
     from pipelines.benchmark import EvaluateConfig, PredictConfig, run_evaluate, run_predict
     from pipelines.benchmark import subset_config as subset
 
-    t0 = time.perf_counter()
     reports = []
     for evalset in cfg.evalsets:
         reports.append(run_predict(subset(PredictConfig, cfg, evalset=evalset)))
         reports.append(run_evaluate(subset(EvaluateConfig, cfg, evalset=evalset))[0])
-    wall = time.perf_counter() - t0
-    return wall, object_seconds(reports)
+    return reports
 
 
-def fit(walls: dict[int, float], n: int) -> tuple[float, float]:
-    """(seconds per object, fixed seconds) from the walls at n and 2n objects."""
-    per_object = (walls[2 * n] - walls[n]) / n
-    return per_object, walls[n] - n * per_object
+def fit(values: dict[int, float], n: int) -> tuple[float, float]:
+    """(per object, fixed) from a quantity measured at n and 2n objects."""
+    per_object = (values[2 * n] - values[n]) / n
+    return per_object, values[n] - n * per_object
 
 
 def main() -> None:
@@ -224,6 +380,12 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--scaling", action="store_true", help="also time 2 workers on 2N objects")
+    ap.add_argument(
+        "--saturated",
+        action="store_true",
+        help="also compare with every CPU busy: 2 workers vs 2 loop processes on 2N objects "
+        "(Ray's driver and daemons then take CPU from the work)",
+    )
     ap.add_argument(
         "--separate",
         action="store_true",
@@ -275,10 +437,11 @@ def main() -> None:
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
         cluster.add_node(num_cpus=1)
         address = cluster.address
-    loops: dict[int, list[tuple[float, list[float]]]] = {n: [], 2 * n: []}
-    pipes: dict[int, list[tuple[float, list[float]]]] = {n: [], 2 * n: []}
-    seps: dict[int, list[tuple[float, list[float]]]] = {n: [], 2 * n: []}
+    loops: dict[int, list[Run]] = {n: [], 2 * n: []}
+    pipes: dict[int, list[Run]] = {n: [], 2 * n: []}
+    seps: dict[int, list[Run]] = {n: [], 2 * n: []}
     scaling: list[float] = []
+    busy: dict[str, list[Run]] = {"loop": [], "pipe": []}
     try:
         t = time.perf_counter()
         with ray_session(address=address, num_cpus=None if address else 2):
@@ -289,26 +452,27 @@ def main() -> None:
             loop_fn = run_loop if args.warm_loop else run_loop_fresh
             for r in range(args.repeats):
                 for k in (n, 2 * n):
-                    loops[k].append(
-                        loop_fn(
-                            benchmark_config(args, evalsets[k], tmp / f"loop-{k}-{r}", 1),
-                            evalsets[k],
-                        )
-                    )
-                    pipes[k].append(
-                        run_pipeline(benchmark_config(args, evalsets[k], tmp / f"pipe-{k}-{r}", 1))
-                    )
+                    cfg = benchmark_config(args, evalsets[k], tmp / f"loop-{k}-{r}", 1)
+                    loops[k].append(loop_fn(cfg, evalsets[k]))
+                    cfg = benchmark_config(args, evalsets[k], tmp / f"pipe-{k}-{r}", 1)
+                    pipes[k].append(timed(benchmark_reports, cfg))
                     if args.separate:
                         cfg = benchmark_config(args, evalsets[k], tmp / f"sep-{k}-{r}", 1)
-                        seps[k].append(run_separate(cfg))
+                        seps[k].append(timed(separate_reports, cfg))
+                if args.saturated:  # two shards at least, so that both workers get work
+                    cfg = benchmark_config(args, evalsets[2 * n], tmp / f"busy-loop-{r}", 2)
+                    busy["loop"].append(run_loop_fresh(cfg, evalsets[2 * n], processes=2))
+                    cfg = benchmark_config(args, evalsets[2 * n], tmp / f"busy-pipe-{r}", 2)
+                    cfg = replace(cfg, run=replace(cfg.run, shard_size=min(args.shard_size, n)))
+                    busy["pipe"].append(timed(benchmark_reports, cfg))
             if args.scaling:
                 cfg = benchmark_config(args, evalsets[2 * n], tmp / "pipe-2-workers", 2)
-                scaling.append(run_pipeline(cfg)[0])
+                scaling.append(timed(benchmark_reports, cfg).wall)
             if args.profile:
                 import cProfile
 
                 cfg = benchmark_config(args, evalsets[2 * n], tmp / "pipe-profile", 1)
-                cProfile.runctx("run_pipeline(cfg)", globals(), {"cfg": cfg}, args.profile)
+                cProfile.runctx("benchmark_reports(cfg)", globals(), {"cfg": cfg}, args.profile)
         if args.generated_views:
             from evaluation.evaluate_object import EvalOptions
 
@@ -324,14 +488,6 @@ def main() -> None:
             cluster.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    loop = {k: min(v, key=lambda x: x[0]) for k, v in loops.items()}
-    pipe = {k: min(v, key=lambda x: x[0]) for k, v in pipes.items()}
-    loop_per, loop_fixed = fit({k: w for k, (w, _) in loop.items()}, n)
-    pipe_per, pipe_fixed = fit({k: w for k, (w, _) in pipe.items()}, n)
-    loop_items = sum(loop[2 * n][1]) / (2 * n)
-    pipe_items = sum(pipe[2 * n][1]) / (2 * n)
-    per_object = pipe_per - loop_per
-    in_worker = pipe_items - loop_items
     print(f"ray: {'local 2-node cluster (1 CPU each)' if args.cluster else 'one node, 2 CPUs'}")
     print(
         f"machine: {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}"
@@ -341,45 +497,105 @@ def main() -> None:
         f"{args.resolution}^3, 16K points, LPIPS {args.lpips}; 1 worker, shard size "
         f"{args.shard_size}, 1 torch thread; loop in "
         f"{'this warmed-up process' if args.warm_loop else 'a fresh process per run'}; "
-        f"best of {args.repeats}; Ray start-up {startup_s:.2f} s (excluded), worker niceness "
-        f"{args.ray_niceness}"
+        f"{args.repeats} repeat(s), alternating; Ray start-up {startup_s:.2f} s (excluded), "
+        f"worker niceness {args.ray_niceness}"
     )
-    for name, walls in (("plain loop     ", loop), ("imesh benchmark", pipe)):
-        print(
-            f"{name}: {walls[n][0]:7.2f} s ({n} objects), {walls[2 * n][0]:7.2f} s "
-            f"({2 * n} objects)"
-        )
-    print(f"plain loop     : {loop_per:7.3f} s/object + fixed {loop_fixed:6.2f} s")
-    print(f"imesh benchmark: {pipe_per:7.3f} s/object + fixed {pipe_fixed:6.2f} s")
-    print(
-        f"per-object overhead: {per_object:+.3f} s/object = {100 * per_object / loop_per:+.1f} % "
-        f"of the loop's per-object time (goal <= 5 %); in the worker around each item "
-        f"{in_worker:+.3f} s/object (status seconds {pipe_items:.3f} vs loop {loop_items:.3f}), "
-        f"outside it {per_object - in_worker:+.3f} s/object"
-    )
-    print(
-        f"fixed overhead per job: {pipe_fixed - loop_fixed:+.2f} s (actor pool with imports and "
-        "both stages' setup, scheduling, compiled tables, run records)"
-    )
+    report(n, loops, pipes, "imesh benchmark")
     if args.separate:
-        sep = {k: min(v, key=lambda x: x[0]) for k, v in seps.items()}
-        sep_per, sep_fixed = fit({k: w for k, (w, _) in sep.items()}, n)
-        print(
-            f"two stages (predict, then evaluate): {sep[n][0]:7.2f} s ({n} objects), "
-            f"{sep[2 * n][0]:7.2f} s ({2 * n} objects) = {sep_per:.3f} s/object + fixed "
-            f"{sep_fixed:.2f} s: per-object overhead {sep_per - loop_per:+.3f} s/object = "
-            f"{100 * (sep_per - loop_per) / loop_per:+.1f} %, fixed {sep_fixed - loop_fixed:+.2f} s"
-        )
-    for k in (n, 2 * n):
-        ratio = pipe[k][0] / loop[k][0]
-        print(f"overall at {k} objects: ratio {ratio:.3f}x ({100 * (ratio - 1):+.1f} %)")
+        report(n, loops, seps, "two stages (predict, then evaluate)")
+    if args.saturated:
+        report_saturated(n, busy["loop"], busy["pipe"])
     if scaling:
+        best = min(r.wall for r in pipes[2 * n])
         print(
-            f"scaling: 2 workers {scaling[0]:.2f} s vs 1 worker {pipe[2 * n][0]:.2f} s on "
-            f"{2 * n} objects: {pipe[2 * n][0] / scaling[0]:.2f}x"
+            f"scaling: 2 workers {scaling[0]:.2f} s vs 1 worker {best:.2f} s on "
+            f"{2 * n} objects: {best / scaling[0]:.2f}x"
         )
     if args.profile:
         print(f"driver profile of one {2 * n}-object run: {args.profile} (python -m pstats)")
+
+
+def steady_shares(loops: list[Run], pipes: list[Run]) -> str:
+    """Steady-state seconds per object of each (loop, pipeline) pair of runs and the median
+    overhead."""
+    import statistics
+
+    pairs = [
+        (pipe.steady_per_object(), loop.steady_per_object())
+        for loop, pipe in zip(loops, pipes, strict=True)
+    ]
+    shares = [100 * (p / q - 1) for p, q in pairs]
+    listed = ", ".join(
+        f"{p:.3f} vs {q:.3f} s/object ({s:+.1f} %)" for (p, q), s in zip(pairs, shares, strict=True)
+    )
+    return f"{listed}; median {statistics.median(shares):+.1f} % (goal <= 5 %)"
+
+
+def report_saturated(n: int, loops: list[Run], pipes: list[Run]) -> None:
+    """Every CPU busy: 2 loop processes (every other object each) vs 2 workers."""
+    print("--- every CPU busy: 2 workers vs 2 loop processes")
+    print(f"steady state (objects 2..{2 * n}, both streams): {steady_shares(loops, pipes)}")
+    print(steady_cpu_line(loops, pipes))
+    loop, pipe = min(r.wall for r in loops), min(r.wall for r in pipes)
+    print(
+        f"wall on {2 * n} objects (fastest of {len(loops)}): imesh benchmark {pipe:.2f} s vs "
+        f"loops {loop:.2f} s ({100 * (pipe / loop - 1):+.1f} %, fixed costs included)"
+    )
+
+
+def report(n: int, loops: dict[int, list[Run]], pipes: dict[int, list[Run]], name: str) -> None:
+    """Print the three measurements of the per-object overhead of ``pipes`` against ``loops``
+    (same objects, runs alternating) and the fixed overhead per job."""
+    import statistics
+
+    print(f"--- {name} vs the plain loop")
+    # 1. steady state within each 2N-object run, paired with the loop run just before it
+    print(
+        f"steady state (objects 2..{2 * n} of one run): {steady_shares(loops[2 * n], pipes[2 * n])}"
+    )
+    # 2. wall N/2N fit over the fastest run of each
+    loop = {k: min(v, key=lambda r: r.wall) for k, v in loops.items()}
+    pipe = {k: min(v, key=lambda r: r.wall) for k, v in pipes.items()}
+    loop_per, loop_fixed = fit({k: r.wall for k, r in loop.items()}, n)
+    pipe_per, pipe_fixed = fit({k: r.wall for k, r in pipe.items()}, n)
+    loop_items = statistics.fmean(loop[2 * n].item_seconds)
+    pipe_items = statistics.fmean(pipe[2 * n].item_seconds)
+    for label, walls in (("plain loop     ", loop), (f"{name[:15]:15s}", pipe)):
+        print(
+            f"{label}: {walls[n].wall:7.2f} s ({n} objects), {walls[2 * n].wall:7.2f} s "
+            f"({2 * n} objects), fastest of {len(loops[n])}"
+        )
+    per_object = pipe_per - loop_per
+    print(
+        f"wall fit (N/2N): {pipe_per:.3f} vs {loop_per:.3f} s/object = "
+        f"{100 * per_object / loop_per:+.1f} % (two runs' noise included); around each item in "
+        f"the worker {pipe_items - loop_items:+.3f} s/object (status seconds {pipe_items:.3f} "
+        f"vs loop {loop_items:.3f})"
+    )
+    print(
+        f"fixed overhead per job: {pipe_fixed - loop_fixed:+.2f} s (actor pool with imports and "
+        "setup, scheduling, compiled tables, run records)"
+    )
+    # 3. CPU seconds: robust to other load on the machine; includes the driver and Ray's daemons
+    print(steady_cpu_line(loops[2 * n], pipes[2 * n]))
+
+
+def steady_cpu_line(loops: list[Run], pipes: list[Run]) -> str:
+    """CPU seconds per object between the first and the last completion (median over the
+    runs), the pipeline's split by process group, against the loop's."""
+    import statistics
+
+    if not all(r.steady_cpu for r in pipes):
+        return "CPU accounting: needs Linux /proc"
+    parts = {g: statistics.median(r.steady_cpu[g] for r in pipes) for g in CPU_GROUPS}
+    loop = statistics.median(r.steady_cpu["worker"] for r in loops)
+    total = sum(parts.values())
+    return (
+        f"CPU seconds per object, steady state (median of {len(pipes)}): pipeline {total:.3f} "
+        f"(worker {parts['worker']:.3f}, driver {parts['driver']:.3f}, Ray daemons "
+        f"{parts['ray daemons']:.3f}) vs loop {loop:.3f}: {100 * (total / loop - 1):+.1f} % "
+        f"(worker alone {100 * (parts['worker'] / loop - 1):+.1f} %)"
+    )
 
 
 def generated_views_split(
