@@ -127,16 +127,16 @@ def _run_status(cfg: StatusConfig) -> int:
 
 
 def _stage_dirs(url: str) -> list[str]:
-    """Sub-folders (one level, then two) of ``url`` that hold a stage status table."""
+    """Sub-folders of ``url`` up to three levels down (shallower first) that hold a stage
+    status table: a run folder's stages, or every stage of an output root such as the demo's
+    (``inspect``, ``filter/filter-files``, ``runs/oracle/predict-gso``, ...)."""
     from pipelines import storage
 
     fs, root = storage.filesystem(url)
     found = []
-    for depth in ("*", "*/*"):
+    for depth in ("*", "*/*", "*/*/*"):
         for p in sorted(fs.glob(f"{root.rstrip('/')}/{depth}/status.parquet")):
             found.append(p[len(root.rstrip("/")) + 1 : -len("/status.parquet")])
-        if found:
-            break
     return found
 
 

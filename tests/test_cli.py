@@ -149,12 +149,13 @@ def test_status_points_at_stage_folders_and_refuses_other_tables(
 
     from pipelines.schema import write_parquet
 
-    stage = tmp_path / "job" / "filter-files"
-    stage.mkdir(parents=True)
-    status = pa.table({"uid": ["a"], "status": ["ok"], "stage": ["filter-files"]})
-    write_parquet(status, str(stage / "status.parquet"))
+    for stage in ("filter-files", "filter/filter-coverage", "runs/oracle/predict-gso"):
+        (tmp_path / "job" / stage).mkdir(parents=True)
+        status = pa.table({"uid": ["a"], "status": ["ok"], "stage": [stage.split("/")[-1]]})
+        write_parquet(status, str(tmp_path / "job" / stage / "status.parquet"))
     assert main(["status", str(tmp_path / "job")]) == 2
-    assert "stage folders under it: filter-files" in capsys.readouterr().err
+    err = capsys.readouterr().err  # every stage of an output root, shallower first
+    assert "folders under it: filter-files, filter/filter-coverage, runs/oracle/predict-gso" in err
     other = tmp_path / "manifest.parquet"
     write_parquet(pa.table({"uid": ["a"], "path": ["p"]}), str(other))
     assert main(["status", str(other)]) == 2
