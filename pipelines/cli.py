@@ -325,7 +325,7 @@ COMMANDS: dict[str, Command] = {
     "render": Command(
         _lazy("pipelines.render", "RenderConfig"),
         _run_render,
-        "Render objects: 32 training views / Zero123++ / eval views (blender|nvdiffrast|cpu).",
+        "Render objects: 32 training views / Zero123++ / eval views, with a registered --backend.",
     ),
     "shards": Command(
         _lazy("pipelines.shards", "ShardsConfig"),

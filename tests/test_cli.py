@@ -15,6 +15,11 @@ def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None
     for name in ("demo", "fixtures", "ingest", "inspect", "status"):
         assert name in COMMANDS
         assert f"  {name}" in out
+    # backend names come from the registry (imesh render --help), never a hand-kept list here
+    from rendering.backends import BACKENDS
+
+    (render,) = [line for line in out.splitlines() if line.startswith("  render ")]
+    assert not [name for name in BACKENDS if name in render], render
 
 
 def test_subcommand_help_explains_options(capsys: pytest.CaptureFixture[str]) -> None:
