@@ -285,7 +285,7 @@ def _ssim_torch(pred: FloatArray, gt: FloatArray, device: Any) -> FloatArray:
 # --------------------------------------------------------------------------- LPIPS
 
 
-def _parse_lpips_net(lpips_net: str) -> tuple[str, bool]:
+def parse_lpips_net(lpips_net: str) -> tuple[str, bool]:
     """``"vgg"`` -> ("vgg", False); ``"vgg-random"`` -> ("vgg", True); ``"random"`` -> alex."""
     name = RANDOM_LPIPS_NET if lpips_net == "random" else lpips_net
     random_trunk = name.endswith("-random")
@@ -315,7 +315,7 @@ def lpips_backbone_path(lpips_net: str = DEFAULT_LPIPS_NET) -> Path:
     ``torch.hub.get_dir()/checkpoints/<file>`` (``$TORCH_HOME/hub/checkpoints`` by default)."""
     import torch
 
-    base, _ = _parse_lpips_net(lpips_net)
+    base, _ = parse_lpips_net(lpips_net)
     filename = os.path.basename(_torchvision_weights_url(base))
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
@@ -326,7 +326,7 @@ def lpips_install_hint(lpips_net: str = DEFAULT_LPIPS_NET) -> str:
     vgg16-397923af.pth in ~/.cache/torch/hub/checkpoints ...: mkdir -p DIR && cp
     /path/to/vgg16-397923af.pth DIR/``. The directory is :func:`lpips_backbone_path`'s
     (``$TORCH_HOME`` moves it). Used by the LPIPS error, the report notes and the summary."""
-    base, _ = _parse_lpips_net(lpips_net)
+    base, _ = parse_lpips_net(lpips_net)
     path = lpips_backbone_path(base)
     directory = shlex.quote(str(path.parent))
     return (
@@ -369,7 +369,7 @@ def load_lpips(lpips_net: str = DEFAULT_LPIPS_NET, device: Any = None) -> Any:
     :class:`LpipsUnavailable`. The model is cached by (net, device, backbone path), so a
     changed ``$TORCH_HOME`` is honoured; :func:`clear_lpips_cache` drops the cache.
     """
-    base, random_trunk = _parse_lpips_net(lpips_net)
+    base, random_trunk = parse_lpips_net(lpips_net)
     dev = _resolve_device(device)
     path = None if random_trunk else str(lpips_backbone_path(base))
     return _load_lpips_cached(base, random_trunk, str(dev), path)

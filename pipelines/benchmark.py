@@ -323,15 +323,21 @@ def resolve_render_settings(cfg: Any, evalset: str) -> tuple[Any, dict[str, Any]
 
 def check_evaluate_config(cfg: Any, evalset: str) -> Any:
     """Everything about evaluating ``evalset`` that can be checked before Ray starts: it is an
-    evaluation set, the render settings agree with it (:func:`resolve_render_settings`) and
-    the backend can run here (``rendering.backends.unavailable_reason``). Returns ``cfg``
-    with the render settings resolved."""
+    evaluation set, the render settings agree with it (:func:`resolve_render_settings`), the
+    backend can run here (``rendering.backends.unavailable_reason``) and ``--lpips-net`` names
+    a backbone. Returns ``cfg`` with the render settings resolved."""
+    from evaluation.metrics import parse_lpips_net
     from rendering.backends import BackendUnavailable, unavailable_reason
 
     resolved, _ = resolve_render_settings(cfg, evalset)
     reason = unavailable_reason(resolved.backend)
     if reason is not None:
         raise BackendUnavailable(reason)
+    if cfg.lpips_net.lower() != "none":
+        try:
+            parse_lpips_net(cfg.lpips_net)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
     return resolved
 
 

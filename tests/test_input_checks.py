@@ -90,6 +90,10 @@ CASES: dict[str, tuple[str, str]] = {
         "benchmark --evalsets {set} --out {out} --predictor mesh-dir --mesh-dir {missing}",
         "{missing}",
     ),
+    "evaluate --lpips-net": (
+        "evaluate --evalset {set} --out {out} --lpips-net nope",
+        "lpips_net: unknown backbone 'nope'; expected one of",
+    ),
     "benchmark --variant": (
         "benchmark --evalsets {set} --out {out} --predictor instantmesh --checkpoint {dir} "
         "--variant nope --views ground-truth",
