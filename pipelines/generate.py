@@ -102,26 +102,29 @@ def _check_background_removal(cfg: GenerateConfig, jobs: list[tuple[str, Path, b
 
 def run_generate(cfg: GenerateConfig) -> list[dict[str, Any]]:
     from PIL import Image
-    from tqdm import tqdm
 
     from instantmesh.generate import Generator, read_views
+    from pipelines.progress import StageProgress
 
     jobs = _jobs(cfg)
     _check_background_removal(cfg, jobs)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_resolved_config(cfg, str(out / "generate.config.yaml"))
-    try:
+    try:  # the models and options (variant, checkpoint, views used) before --out is written
         generator = Generator(cfg, need_diffusion=not cfg.views)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_resolved_config(cfg, str(out / "generate.config.yaml"))
     records = []
-    for name, source, is_views in tqdm(jobs, desc="generate", unit="obj"):
-        if is_views:
-            record = generator.generate(out / name, views=read_views(source))
-        else:
-            with Image.open(source) as im:
-                im.load()
-                record = generator.generate(out / name, image=im)
-        records.append({"name": name, **record})
+    # a bar on a terminal, a line per 10 % in logs (no carriage returns)
+    with StageProgress("generate", len(jobs)) as progress:
+        for name, source, is_views in jobs:
+            if is_views:
+                record = generator.generate(out / name, views=read_views(source))
+            else:
+                with Image.open(source) as im:
+                    im.load()
+                    record = generator.generate(out / name, image=im)
+            records.append({"name": name, **record})
+            progress.advance("ok")
     return records

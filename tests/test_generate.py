@@ -84,7 +84,7 @@ def test_generate_writes_a_loadable_mesh_views_and_turntable(
 
 
 def test_generate_from_user_views_with_a_texture_map(
-    models: dict[str, Path], tmp_path: Path
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     views = tmp_path / "views" / "thing"
     views.mkdir(parents=True)
@@ -113,6 +113,8 @@ def test_generate_from_user_views_with_a_texture_map(
         and (loaded.visual.uv <= 1).all()
     )
     assert not (tmp_path / "out" / "thing" / "condition.png").exists()  # no diffusion ran
+    err = capsys.readouterr().err  # not a terminal: one plain progress line, no redraws
+    assert "generate: 1/1 objects (100 %), 0 failed" in err and "\r" not in err
 
 
 def test_generate_reports_bad_usage(models: dict[str, Path], tmp_path: Path) -> None:
@@ -124,6 +126,8 @@ def test_generate_reports_bad_usage(models: dict[str, Path], tmp_path: Path) -> 
     assert main(["generate", str(img), "--out", str(tmp_path), "--zero123pp", str(tmp_path)]) == 2
     assert _run(models, tmp_path / "v", str(img), "--views-used", "0", "6") == 2
     assert _run(models, tmp_path / "v", str(img), "--scale", "0") == 2
+    assert _run(models, tmp_path / "v", str(img), "--variant", "nope") == 2
+    assert not (tmp_path / "v").exists()  # refused before --out was written
 
 
 def test_generate_rgb_input_goes_through_rembg_with_upstream_options(
