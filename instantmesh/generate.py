@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -195,6 +196,8 @@ class Generator:
                 options.zero123pp, torch_dtype=self.dtype, white_background_unet=options.unet
             )
             self.pipe.to(self.device)
+            # diffusion steps as a bar on a terminal only: in a log its redraws are noise
+            self.pipe.set_progress_bar_config(disable=not sys.stderr.isatty())
 
     def condition(self, image: Image.Image) -> Any:
         """The :class:`~instantmesh.background.ConditionImage` for ``image`` (the rembg session

@@ -53,11 +53,13 @@ implemented.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import numbers
 import os
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -735,6 +737,27 @@ class Zero123PlusPipeline(DiffusionPipeline):
 # Loading
 
 
+@contextlib.contextmanager
+def _loading_bars_on_a_terminal_only() -> Iterator[None]:
+    """diffusers' and transformers' loading bars ("Loading pipeline components", "Loading
+    weights") off while stderr is not a terminal: in a log their carriage-return redraws are
+    noise. Each library's setting is restored afterwards."""
+    if sys.stderr.isatty():
+        yield
+        return
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    enabled = [m for m in (diffusers_logging, transformers_logging) if m.is_progress_bar_enabled()]
+    for module in enabled:
+        module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for module in enabled:
+            module.enable_progress_bar()
+
+
 def from_pretrained(
     path: str | os.PathLike[str] = MODEL_ID,
     *,
@@ -761,7 +784,8 @@ def from_pretrained(
             f"layout of {MODEL_ID}"
         )
     try:
-        pipe = Zero123PlusPipeline.from_pretrained(source, **kwargs)
+        with _loading_bars_on_a_terminal_only():
+            pipe = Zero123PlusPipeline.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as err:
         if local.exists():
             raise

@@ -53,7 +53,7 @@ def _run(models: dict[str, Path], out: Path, *extra: str) -> int:
 
 
 def test_generate_writes_a_loadable_mesh_views_and_turntable(
-    models: dict[str, Path], tmp_path: Path
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from rendering.mesh_io import load_world_mesh
 
@@ -73,6 +73,7 @@ def test_generate_writes_a_loadable_mesh_views_and_turntable(
     assert record["input"]["recentred"] and record["input"]["foreground_after"] > 0.8
     assert record["zero123pp_dtype"] == "float32"  # auto on CPU
     assert record["views_used"] == [0, 1, 2, 3, 4, 5] and record["input_camera_radius"] == 4.0
+    assert "\r" not in capsys.readouterr().err  # no diffusion or object bar redraws in a log
 
     # Same seed -> identical views; another seed -> different views.
     assert _run(models, tmp_path / "b", str(img), "--seed", "7", "--no-turntable") == 0
