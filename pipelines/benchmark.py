@@ -69,7 +69,7 @@ from evaluation.run_records import (
 )
 from pipelines import storage
 from pipelines.configs import NO_HASH, ConfigError, registry_choices
-from pipelines.render import BackendName, backend_help
+from pipelines.render import BackendName, backend_help, check_shading
 from pipelines.runner import RunOptions, StageReport, run_stage, run_stages
 from pipelines.schema import read_manifest, read_parquet
 from pipelines.stage import ItemContext, Stage
@@ -317,6 +317,7 @@ def resolve_render_settings(cfg: Any, evalset: str) -> tuple[Any, dict[str, Any]
             "must be rendered like its GT views: drop the option(s) or pass "
             "--force-render-settings"
         )
+    check_shading(str(used["backend"]), cfg.shading)  # a forced --shading lit it cannot do
     record = {"evaluation_set": recorded, "used": used, "forced": differ}
     return replace(cfg, **used), record
 

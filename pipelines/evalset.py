@@ -54,7 +54,7 @@ from evaluation.evalsets import (
 from pipelines import storage
 from pipelines.configs import NO_HASH, ConfigError, write_resolved_config
 from pipelines.fingerprint import file_digest, fingerprint, mesh_fingerprint
-from pipelines.render import BackendName, backend_help, worker_gpus
+from pipelines.render import BackendName, backend_help, check_shading, worker_gpus
 from pipelines.runner import RunOptions, StageReport, run_stage
 from pipelines.schema import write_parquet
 from pipelines.stage import ItemContext, Stage
@@ -267,9 +267,10 @@ def select_objects(cfg: EvalsetConfig) -> tuple[Any, EvalSetSpec]:
 def check_evalset_config(cfg: EvalsetConfig) -> tuple[Any, EvalSetSpec]:
     """Everything about an evalset job that can be checked without Ray and without writing
     under ``--out``: the output location, the dataset root and ``--list`` (read and scanned:
-    the selection is returned)."""
+    the selection is returned), and ``--shading`` against what the backend can render."""
     if not storage.is_local(cfg.out):
         raise ConfigError(f"--out {cfg.out}: evaluation sets are written to a local/mounted path")
+    check_shading(cfg.backend, cfg.shading)  # evalset.json must record what the views are
     try:
         return select_objects(cfg)
     except DatasetError as e:

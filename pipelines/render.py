@@ -81,6 +81,20 @@ def backend_help(purpose: str) -> Any:
     return arg(help=f"{purpose} {describe_backends()}.")
 
 
+def check_shading(backend: str, shading: str | None) -> None:
+    """``--shading lit`` with a backend that renders unlit base colour only (its registry entry
+    does not honour ``shading``): a :class:`ConfigError` naming the backends that light.
+    Evaluation sets record their shading and ``evaluate`` renders predictions with it, so the
+    record must be what the views are."""
+    if shading != "lit" or "shading" in backend_entry(backend).options:
+        return
+    lit = [name for name, entry in BACKENDS.items() if "shading" in entry.options]
+    raise ConfigError(
+        f"--shading lit: the {backend} backend renders unlit base colour only; lit views need "
+        f"--backend {' or '.join(lit)}"
+    )
+
+
 def worker_gpus(backend: str) -> float:
     """GPUs each worker of a job rendering with ``backend`` reserves on a cluster: one when
     its registry entry ``needs_gpu``, else none."""

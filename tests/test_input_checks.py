@@ -90,6 +90,15 @@ CASES: dict[str, tuple[str, str]] = {
         "benchmark --evalsets {set} --out {out} --predictor mesh-dir --mesh-dir {missing}",
         "{missing}",
     ),
+    "evalset --shading lit": (  # cpu renders unlit: evalset.json would record a lie
+        "evalset --dataset gso --root {dir} --backend cpu --shading lit --out {out}",
+        "--shading lit: the cpu backend renders unlit base colour only; lit views need "
+        "--backend blender",
+    ),
+    "evaluate --shading lit": (
+        "evaluate --evalset {set} --out {out} --shading lit --force-render-settings",
+        "--shading lit: the cpu backend renders unlit base colour only",
+    ),
     "evaluate --lpips-net": (
         "evaluate --evalset {set} --out {out} --lpips-net nope",
         "lpips_net: unknown backbone 'nope'; expected one of",
