@@ -33,18 +33,18 @@ per-object overhead (goal: <= 5 % of the loop's per-object time) is measured thr
 2. **wall fit** over the fastest run of each: ``per object = (wall(2N) - wall(N)) / N``,
    ``fixed = wall(N) - N * per object``; it also gives the fixed overhead per job, but carries
    the noise of two whole runs (on the shared 2-core VM larger than the goal);
-3. **CPU seconds** (Linux): the same fit on CPU seconds instead of wall, the pipeline's split
-   into its worker, the driver (Ray Data's executor wakes 10 times a second) and Ray's daemons
-   (GCS, raylet, agents): insensitive to other load on the machine, and the cost that matters
-   when every core is busy.
+3. **CPU seconds** (Linux, from ``/proc``) per object over the same steady window: the loop's
+   process vs the pipeline's worker, driver (Ray Data's executor wakes ten times a second) and
+   Ray's daemons (GCS, raylet, agents), sampled every 0.2 s and interpolated at the first and
+   last completion; insensitive to other load on the machine, and what the driver and daemons
+   take from the work when every core is busy.
 
-``--saturated`` also compares with every core busy: 2 workers vs 2 loop processes on 2N
-objects, where the driver and Ray's daemons take CPU from the work. Both sides run torch and
-BLAS on one thread per process (Ray's ``OMP_NUM_THREADS=1`` for 1-CPU actors; the loop's
-processes get the same). Ray's start-up is measured separately and excluded (paid once per job
-/ cluster). ``--shard-size`` defaults to 1, every object its own shard: the worst case for
-per-shard costs (``imesh benchmark`` uses 8). With ``--repeats R`` the runs repeat R times.
-``--separate`` also times predict then evaluate as two stages. ``--scaling`` times 2 workers.
+Both sides run torch and BLAS on one thread per process (Ray's ``OMP_NUM_THREADS=1`` for 1-CPU
+actors; the loop's process gets the same). Ray's start-up is measured separately and excluded
+(paid once per job / cluster). ``--shard-size`` defaults to 1, every object its own shard: the
+worst case for per-shard costs (``imesh benchmark`` uses 8). With ``--repeats R`` the runs
+repeat R times. ``--separate`` also times predict then evaluate as two stages (two actor pools,
+as ``imesh benchmark`` ran before). ``--scaling`` times 2 workers.
 
 MEASURED
 
@@ -136,33 +136,19 @@ class Run:
         return (done[-1] - done[0]) / (len(done) - 1)
 
 
-def run_loop_fresh(cfg: Any, evalset: Path, processes: int = 1) -> Run:
-    """:func:`run_loop` in ``processes`` fresh processes at once (spawned: no Ray, nothing
-    imported or warmed up), each taking every ``processes``-th object; their runs merged."""
+def run_loop_fresh(cfg: Any, evalset: Path) -> Run:
+    """:func:`run_loop` in a fresh process (spawned: no Ray, nothing imported or warmed up)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    spawn = multiprocessing.get_context("spawn")
-    t0 = time.perf_counter()
-    with ProcessPoolExecutor(processes, mp_context=spawn) as pool:
-        parts = [pool.submit(run_loop, cfg, evalset, part=(i, processes)) for i in range(processes)]
-        runs = [part.result() for part in parts]
-    if processes == 1:
-        return runs[0]
-    # per object over both streams: each stream's CPU between its first and last completion
-    steady = sum(r.steady_cpu["worker"] * (len(r.done_at) - 1) for r in runs)
-    return Run(
-        time.perf_counter() - t0,
-        [s for run in runs for s in run.item_seconds],
-        [d for run in runs for d in run.done_at],  # one monotonic clock for all processes
-        {"worker": steady / sum(len(r.done_at) - 1 for r in runs)},
-    )
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(run_loop, cfg, evalset).result()
 
 
-def run_loop(cfg: Any, evalset: Path, warm_up: bool = False, part: tuple[int, int] = (0, 1)) -> Run:
-    """The plain loop over ``evalset`` (objects ``part[0]``, ``part[0] + part[1]``, ...). The
-    evaluate side reads the prediction where the pipeline publishes it
-    (``<out>/predictions/<dataset>/<uid>/``), so a marker is written there for it. Its CPU
+def run_loop(cfg: Any, evalset: Path, warm_up: bool = False) -> Run:
+    """The plain loop over ``evalset``. The evaluate side reads the prediction where the
+    pipeline publishes it (``<out>/predictions/<dataset>/<uid>/``), so a marker is written there
+    for it. Its CPU
     seconds are this process's (all threads), in group ``worker``."""
     from pipelines import storage
     from pipelines.benchmark import (
@@ -187,7 +173,7 @@ def run_loop(cfg: Any, evalset: Path, warm_up: bool = False, part: tuple[int, in
     predict, evaluate = predict_stage(predict_cfg, dataset), evaluate_stage(dataset)
     assert predict.setup is not None and evaluate.setup is not None
     predictor, backend = predict.setup(predict_cfg), evaluate.setup(evaluate_cfg)
-    rows = evalset_manifest(str(evalset)).to_pylist()[part[0] :: part[1]]
+    rows = evalset_manifest(str(evalset)).to_pylist()
     item_seconds, done_at, cpu_at = [], [], []
     try:
         for row in rows[:1] if warm_up else rows:
@@ -381,12 +367,6 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--scaling", action="store_true", help="also time 2 workers on 2N objects")
     ap.add_argument(
-        "--saturated",
-        action="store_true",
-        help="also compare with every CPU busy: 2 workers vs 2 loop processes on 2N objects "
-        "(Ray's driver and daemons then take CPU from the work)",
-    )
-    ap.add_argument(
         "--separate",
         action="store_true",
         help="also time predict then evaluate as two stages (two actor pools), as before",
@@ -441,7 +421,6 @@ def main() -> None:
     pipes: dict[int, list[Run]] = {n: [], 2 * n: []}
     seps: dict[int, list[Run]] = {n: [], 2 * n: []}
     scaling: list[float] = []
-    busy: dict[str, list[Run]] = {"loop": [], "pipe": []}
     try:
         t = time.perf_counter()
         with ray_session(address=address, num_cpus=None if address else 2):
@@ -459,12 +438,6 @@ def main() -> None:
                     if args.separate:
                         cfg = benchmark_config(args, evalsets[k], tmp / f"sep-{k}-{r}", 1)
                         seps[k].append(timed(separate_reports, cfg))
-                if args.saturated:  # two shards at least, so that both workers get work
-                    cfg = benchmark_config(args, evalsets[2 * n], tmp / f"busy-loop-{r}", 2)
-                    busy["loop"].append(run_loop_fresh(cfg, evalsets[2 * n], processes=2))
-                    cfg = benchmark_config(args, evalsets[2 * n], tmp / f"busy-pipe-{r}", 2)
-                    cfg = replace(cfg, run=replace(cfg.run, shard_size=min(args.shard_size, n)))
-                    busy["pipe"].append(timed(benchmark_reports, cfg))
             if args.scaling:
                 cfg = benchmark_config(args, evalsets[2 * n], tmp / "pipe-2-workers", 2)
                 scaling.append(timed(benchmark_reports, cfg).wall)
@@ -503,8 +476,6 @@ def main() -> None:
     report(n, loops, pipes, "imesh benchmark")
     if args.separate:
         report(n, loops, seps, "two stages (predict, then evaluate)")
-    if args.saturated:
-        report_saturated(n, busy["loop"], busy["pipe"])
     if scaling:
         best = min(r.wall for r in pipes[2 * n])
         print(
@@ -529,18 +500,6 @@ def steady_shares(loops: list[Run], pipes: list[Run]) -> str:
         f"{p:.3f} vs {q:.3f} s/object ({s:+.1f} %)" for (p, q), s in zip(pairs, shares, strict=True)
     )
     return f"{listed}; median {statistics.median(shares):+.1f} % (goal <= 5 %)"
-
-
-def report_saturated(n: int, loops: list[Run], pipes: list[Run]) -> None:
-    """Every CPU busy: 2 loop processes (every other object each) vs 2 workers."""
-    print("--- every CPU busy: 2 workers vs 2 loop processes")
-    print(f"steady state (objects 2..{2 * n}, both streams): {steady_shares(loops, pipes)}")
-    print(steady_cpu_line(loops, pipes))
-    loop, pipe = min(r.wall for r in loops), min(r.wall for r in pipes)
-    print(
-        f"wall on {2 * n} objects (fastest of {len(loops)}): imesh benchmark {pipe:.2f} s vs "
-        f"loops {loop:.2f} s ({100 * (pipe / loop - 1):+.1f} %, fixed costs included)"
-    )
 
 
 def report(n: int, loops: dict[int, list[Run]], pipes: dict[int, list[Run]], name: str) -> None:
