@@ -20,8 +20,8 @@ def _disk(size: int, radius_px: float) -> np.ndarray:
     return np.hypot(xx - size / 2, yy - size / 2) <= radius_px
 
 
-def _sphere_silhouette(cam: Camera, centres: np.ndarray, radius: float) -> np.ndarray:
-    """Exact silhouette of spheres: pixels whose centre ray hits one of them."""
+def _pixel_rays(cam: Camera) -> np.ndarray:
+    """Unit world-space directions of the rays through each pixel centre, row-major."""
     ys, xs = np.mgrid[0 : cam.height, 0 : cam.width] + 0.5
     f = cam.focal_px()
     dirs_cam = np.stack(
@@ -29,6 +29,12 @@ def _sphere_silhouette(cam: Camera, centres: np.ndarray, radius: float) -> np.nd
     )
     dirs = dirs_cam.reshape(-1, 3) @ cam.c2w[:3, :3].T
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    return dirs
+
+
+def _sphere_silhouette(cam: Camera, centres: np.ndarray, radius: float) -> np.ndarray:
+    """Exact silhouette of spheres: pixels whose centre ray hits one of them."""
+    dirs = _pixel_rays(cam)
     hit = np.zeros(len(dirs), dtype=bool)
     for c in centres:
         oc = cam.position - c
@@ -128,13 +134,7 @@ def _two_colour_sphere_views(radius: float, size: int) -> tuple[list[np.ndarray]
     cams = [camera_from_spherical(az, el, 4.0, 30.0, size) for az, el in poses]
     images = []
     for cam in cams:
-        ys, xs = np.mgrid[0 : cam.height, 0 : cam.width] + 0.5
-        f = cam.focal_px()
-        dirs_cam = np.stack(
-            [(xs - cam.width / 2) / f, -(ys - cam.height / 2) / f, -np.ones_like(xs)], axis=-1
-        )
-        dirs = dirs_cam.reshape(-1, 3) @ cam.c2w[:3, :3].T
-        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        dirs = _pixel_rays(cam)
         oc = cam.position
         b = dirs @ oc
         disc = b * b - (oc @ oc - radius * radius)
